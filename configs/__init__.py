@@ -1,0 +1,1 @@
+"""Experiment configs: `base.py` holds every field; each variant overrides a few."""

@@ -1,0 +1,105 @@
+"""The study's baseline: a post-LN Transformer-base (Vaswani et al. 2017) on IWSLT2017 fr->en.
+
+Every field of every experiment lives here, each with a one-line comment. A variant file
+imports this module and overrides only the fields it studies, so `diff(variant, base)` is
+the experiment. `get_config('small')` swaps the data and size for the embedded Bible corpus
+and a model that trains in about ten minutes on two CPU cores; the normalization and
+regularization fields are left alone, so every variant has both scales.
+"""
+
+import ml_collections
+
+SCALES = ('full', 'small')
+
+
+def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
+  """Returns the baseline config at `scale` ('full' or 'small')."""
+  if scale not in SCALES:
+    raise ValueError(f'Unknown scale {scale!r}; expected one of {SCALES}.')
+  config = ml_collections.ConfigDict()
+  config.scale = scale  # 'full' (IWSLT2017, Transformer-base, one GPU) or 'small' (Bible, CPU).
+
+  # Data.
+  config.dataset_name = 'iwslt2017_fr_en'  # TFDS name: 'iwslt2017_fr_en' or 'bible_fr_en'.
+  config.data_dir = ''  # TFDS data_dir for prepared data and vocabularies; '' = TFDS default.
+  config.manual_dir = ''  # Folder holding the IWSLT fr-en.tgz/zip; '' = <data_dir>/downloads/manual.
+  config.vocab_size = 16_000  # Joint sentencepiece vocabulary size (ids: pad 0, eos 1, unk 2).
+  config.max_length = 128  # Tokens per packed training row; longer training pairs are skipped.
+  config.batch_size = 64  # Packed rows per global batch (all devices): max_length*batch_size tokens.
+  config.eval_batch_size = 64  # Sentences per evaluation/decoding batch (all devices).
+  config.shuffle_buffer_seed_offset = 0  # Added to `seed` for the data order only.
+
+  # Model: read once into transformer.models.ModelConfig, so a misspelt field fails at start.
+  config.model = ml_collections.ConfigDict()
+  config.model.vocab_size = config.get_ref('vocab_size')  # Shared src/tgt/output embedding rows.
+  config.model.emb_dim = 512  # d_model.
+  config.model.num_heads = 8  # Attention heads.
+  config.model.num_layers = 6  # Layers in the encoder and in the decoder (N = M).
+  config.model.qkv_dim = 512  # Total query/key/value width over all heads.
+  config.model.mlp_dim = 2048  # Feed-forward inner width (ReLU).
+  config.model.max_len = 512  # Longest sequence the sinusoidal position table covers.
+  config.model.dropout_rate = 0.1  # Residual dropout on each sublayer output, before Add&Norm.
+  config.model.attention_dropout_rate = 0.0  # Dropout on the attention weights.
+  config.model.activation_dropout_rate = 0.0  # Dropout after the feed-forward ReLU.
+  config.model.norm = 'layer_norm'  # Registry name: layer_norm|rms_norm|batch_norm|scale_norm|none.
+  config.model.norm_position = 'post'  # 'post': norm(x + F(x)) (Vaswani); 'pre': x + F(norm(x)).
+  config.model.residual = 'identity'  # Residual form: identity | deep_norm (Wang 2022) | rezero.
+  config.model.dtype = 'float32'  # Compute dtype ('bfloat16' on GPUs); parameters stay float32.
+
+  # Loss and regularization that live in the training loop.
+  config.label_smoothing = 0.0  # Label smoothing epsilon (Szegedy et al. 2016).
+  config.r_drop_alpha = 0.0  # R-Drop symmetric-KL weight (Liang et al. 2021); 0 disables it.
+  config.weight_decay = 0.0  # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019); 0 = Adam.
+
+  # Optimizer and schedule.
+  config.learning_rate = 7e-4  # Peak rate; 512**-0.5 * 4000**-0.5 is Vaswani's rsqrt peak.
+  config.lr_schedule = 'rsqrt'  # 'rsqrt' (Vaswani), 'cosine' or 'linear' decay after warm-up.
+  config.warmup_steps = 4000  # Linear warm-up steps (0 = start at the peak rate).
+  config.adam_b1 = 0.9  # Adam beta1.
+  config.adam_b2 = 0.98  # Adam beta2.
+  config.adam_eps = 1e-9  # Adam epsilon.
+  config.grad_clip_norm = 0.0  # Global-norm gradient clipping threshold; 0 disables it.
+
+  # Loop, evaluation and checkpoints.
+  config.seed = 0  # Seeds parameters, dropout and the data order.
+  config.num_train_steps = 100_000  # Optimizer steps.
+  config.log_every_steps = 100  # Fetch and write training metrics every N steps.
+  config.eval_every_steps = 2_000  # Validation loss and greedy BLEU every N steps.
+  config.checkpoint_every_steps = 2_000  # Save params, optimizer, RNG and data state every N steps.
+  config.diagnostics_every_steps = 1_000  # Per-layer gradient/activation norms every N steps.
+  config.max_checkpoints_to_keep = 2  # Latest checkpoints kept (the best-BLEU one is kept besides).
+  config.max_nonfinite_steps = 20  # Stop after this many consecutive NaN/Inf steps.
+  config.num_eval_bleu_sentences = 0  # Validation sentences decoded for BLEU; 0 = all.
+
+  # Decoding.
+  config.beam_size = 4  # Beam width for test decoding (train-time BLEU is greedy).
+  config.length_penalty = 0.6  # GNMT length penalty alpha (Wu et al. 2016).
+  config.decode_length_ratio = 1.5  # Max output tokens = ratio * source tokens + offset.
+  config.decode_length_offset = 10  # See decode_length_ratio.
+
+  if scale == 'small':
+    _make_small(config)
+  return config
+
+
+def _make_small(config: ml_collections.ConfigDict) -> None:
+  """The embedded Bible corpus and a model sized for ~10 minutes on 2 CPU cores."""
+  config.dataset_name = 'bible_fr_en'
+  config.vocab_size = 8_000
+  config.max_length = 128
+  config.batch_size = 32
+  config.model.emb_dim = 256
+  config.model.num_heads = 4
+  config.model.num_layers = 3
+  config.model.qkv_dim = 256
+  config.model.mlp_dim = 1024
+  config.model.max_len = 256
+  config.learning_rate = 2e-3
+  config.lr_schedule = 'linear'
+  config.warmup_steps = 200
+  config.num_train_steps = 2_000
+  config.log_every_steps = 25
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 250
+  config.diagnostics_every_steps = 100
+  config.num_eval_bleu_sentences = 500

@@ -1,0 +1,1 @@
+"""A French->English Transformer for studying normalization and regularization."""
