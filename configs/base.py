@@ -45,6 +45,8 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
   config.model.norm_position = 'post'  # 'post': norm(x + F(x)) (Vaswani); 'pre': x + F(norm(x)).
   config.model.residual = 'identity'  # Residual form: identity | deep_norm (Wang 2022) | rezero.
   config.model.dtype = 'float32'  # Compute dtype ('bfloat16' on GPUs); parameters stay float32.
+  config.model.attention_impl = 'xla'  # 'xla' (jax.nn.dot_product_attention) or 'einsum'; same math.
+  config.model.batch_norm_axis_name = ''  # shard_map axis BatchNorm psums statistics over; '' = none.
 
   # Loss and regularization that live in the training loop.
   config.label_smoothing = 0.0  # Label smoothing epsilon (Szegedy et al. 2016).

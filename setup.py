@@ -1,0 +1,22 @@
+"""Installs the `transformer` package; train.py and decode.py are thin entry scripts."""
+
+import setuptools
+
+with open('requirements.txt') as f:
+  REQUIREMENTS = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+setuptools.setup(
+    name='transformer',
+    version='0.1.0',
+    description='A French->English Transformer for studying normalization and regularization.',
+    packages=setuptools.find_packages(include=['transformer', 'transformer.*']),
+    package_data={'transformer.datasets': ['data/*.xz']},
+    python_requires='>=3.10',
+    install_requires=REQUIREMENTS,
+    extras_require={
+        # GPU machines: CUDA 12 wheels of the same jaxlib. A CPU install never pulls these.
+        'cuda12': ['jax[cuda12]==0.10.2'],
+        # Benchmarks only: the PyTorch twin of the model (CPU build).
+        'bench': ['torch==2.13.0'],
+    },
+)

@@ -1,0 +1,148 @@
+"""Checkpoints with orbax: the latest few for resuming, and the best by validation BLEU.
+
+A checkpoint holds the whole `TrainState` (params, optimizer state, step, RNG, NaN counters)
+and the grain iterator's state, saved at the same step, so a resumed run sees the same
+batches as an unbroken one. The config a workdir was started with is kept beside them in
+`config.json`; resuming with a config that trains a different function is an error that names
+the fields, instead of an orbax shape error or, worse, a silent mismatch.
+"""
+
+import json
+import os
+from typing import Any, Optional
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+
+# Fields that may change between a run and its resumption: they steer the loop, the
+# evaluation or where files are, not the function being trained.
+RESUMABLE_FIELDS = frozenset({
+    'data_dir', 'manual_dir', 'num_train_steps', 'log_every_steps', 'eval_every_steps',
+    'checkpoint_every_steps', 'diagnostics_every_steps', 'max_checkpoints_to_keep',
+    'max_nonfinite_steps', 'num_eval_bleu_sentences', 'eval_batch_size', 'beam_size',
+    'length_penalty', 'decode_length_ratio', 'decode_length_offset',
+})
+
+
+def _flatten(config: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (what decode.py translates with)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir!r} is not a training workdir.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Saves the config on a fresh workdir; on an old one, fails if the experiment differs."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = config_to_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    differences = [
+        f'{key}: {old_flat.get(key, "<absent>")!r} in the workdir, {new_flat.get(key, "<absent>")!r} now'
+        for key in sorted(set(old_flat) | set(new_flat))
+        if key not in RESUMABLE_FIELDS and old_flat.get(key) != new_flat.get(key)]
+    if differences:
+      raise ValueError(
+          f'{workdir!r} holds a run of another experiment; resuming it with this config would '
+          'mix two experiments. Use a new --workdir, or the old config. Differences:\n  '
+          + '\n  '.join(differences))
+  if jax.process_index() == 0:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+  """The latest checkpoints (with data state) and the best one by validation BLEU."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int):
+    workdir = os.path.abspath(workdir)
+    self._latest = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
+        item_names=('state', 'data'),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
+    self._best = ocp.CheckpointManager(
+        os.path.join(workdir, 'best'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics['bleu'], best_mode='max', create=True),
+        item_names=('state',))
+
+  def latest_step(self) -> Optional[int]:
+    return self._latest.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator: Any) -> None:
+    self._latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+  def save_best(self, step: int, state: Any, bleu: float) -> None:
+    self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                    metrics={'bleu': float(bleu)})
+
+  def restore(self, abstract_state: Any, data_iterator: Any) -> Any:
+    """Restores the latest state (and the iterator, in place); None on a fresh workdir."""
+    step = self._latest.latest_step()
+    if step is None:
+      return None
+    restored = self._latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    logging.info('Resumed from the checkpoint of step %d.', step)
+    return restored.state
+
+  def wait_until_finished(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()
+
+
+def restore_params(workdir: str, which: str, abstract_state: Any) -> tuple[Any, int]:
+  """Restores a state for inference: `which` is 'best', 'latest' or a step number."""
+  workdir = os.path.abspath(workdir)
+  if which == 'best':
+    directory, step = os.path.join(workdir, 'best'), None
+  else:
+    directory = os.path.join(workdir, 'checkpoints')
+    step = None if which == 'latest' else int(which)
+  manager = ocp.CheckpointManager(directory, item_names=('state',),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  if step is None:
+    step = manager.latest_step() if which == 'latest' else (
+        manager.best_step() if manager.best_step() is not None else manager.latest_step())
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(
+        f'No checkpoint {which!r} in {directory} (steps there: {manager.all_steps()}).')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  manager.close()
+  return restored.state, step

@@ -1,0 +1,67 @@
+"""Where training metrics go: metrics.jsonl, TensorBoard (tensorboardX, no TensorFlow), the log.
+
+Each row of metrics.jsonl is one step's scalars. On resume the rows past the restored step
+are dropped, so the file of a run killed and resumed equals that of an unbroken run; keys
+under `time/` are wall-clock figures and the only ones that differ between two such runs.
+"""
+
+import json
+import os
+from typing import Mapping
+
+from absl import logging
+import tensorboardX
+
+METRICS_FILE = 'metrics.jsonl'
+WALL_CLOCK_PREFIX = 'time/'
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All rows of `workdir/metrics.jsonl`, in order (empty if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    lines = f.readlines()
+  for number, line in enumerate(lines, 1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise ValueError(f'{path}:{number} is not a JSON row: {line[:80]!r}') from None
+      logging.warning('Dropping the half-written last row of %s (killed mid-write).', path)
+  return rows
+
+
+class MetricWriter:
+  """Appends scalars to metrics.jsonl and TensorBoard; a no-op on non-zero processes."""
+
+  def __init__(self, workdir: str, *, resume_step: int, enabled: bool = True):
+    self._enabled = enabled
+    if not enabled:
+      return
+    self._path = os.path.join(workdir, METRICS_FILE)
+    kept = [row for row in read_metrics(workdir) if row['step'] <= resume_step]
+    with open(self._path, 'w') as f:  # Forget what a killed run wrote after its checkpoint.
+      f.writelines(json.dumps(row) + '\n' for row in kept)
+    self._tensorboard = tensorboardX.SummaryWriter(
+        os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+
+  def write(self, step: int, scalars: Mapping[str, float], *, log: bool = True) -> None:
+    """Writes one row; `log=False` keeps frequent rows out of the text log."""
+    if not self._enabled:
+      return
+    row = {'step': int(step), **{k: float(v) for k, v in sorted(scalars.items())}}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    for key, value in row.items():
+      if key != 'step':
+        self._tensorboard.add_scalar(key, value, global_step=step)
+    if log:
+      logging.info('step %d: %s', step, ', '.join(
+          f'{k}={v:.4g}' for k, v in row.items() if k != 'step'))
+
+  def close(self) -> None:
+    if self._enabled:
+      self._tensorboard.close()

@@ -1,0 +1,64 @@
+"""Learning-rate schedules and the optimizer, built from optax pieces.
+
+The rsqrt schedule is Vaswani et al. (2017), eq. 3, written with its peak as the knob:
+  lr(step) = peak * min(step / warmup, sqrt(warmup / step)),
+which equals d_model**-0.5 * min(step**-0.5, step * warmup**-1.5) when
+peak = d_model**-0.5 * warmup**-0.5. The alternatives warm up linearly, then decay to zero
+at `num_train_steps` (cosine or linearly): a short run must end at a small rate.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+SCHEDULES = ('rsqrt', 'cosine', 'linear')
+
+
+def _rsqrt_decay(peak: float, warmup_steps: int) -> optax.Schedule:
+  """peak * sqrt(warmup / step), as a function of steps since the end of warm-up."""
+  offset = max(warmup_steps, 1)
+  return lambda count: peak * jnp.sqrt(offset / (count + offset))
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Returns the learning rate as a function of the optimizer step count."""
+  peak, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
+  if config.lr_schedule not in SCHEDULES:
+    raise ValueError(f'Unknown lr_schedule {config.lr_schedule!r}; expected one of {SCHEDULES}.')
+  if config.lr_schedule == 'rsqrt':
+    decay = _rsqrt_decay(peak, warmup)
+  elif config.lr_schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps=max(total - warmup, 1))
+  else:
+    decay = optax.linear_schedule(peak, 0.0, transition_steps=max(total - warmup, 1))
+  if warmup == 0:
+    return decay
+  # optax counts from 0; the first update (count 0) uses peak / warmup, not 0.
+  warm = optax.linear_schedule(peak / warmup, peak, transition_steps=warmup - 1)
+  return optax.join_schedules([warm, decay], boundaries=[warmup])
+
+
+def decay_mask(params: Any) -> Any:
+  """True for weight matrices, False for biases, norm gains and residual gates.
+
+  Decoupled weight decay shrinks the weights that transform activations; decaying a
+  LayerNorm gain or ReZero's gate would fight the normalization under study.
+  """
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam (or AdamW when weight_decay > 0), with optional global-norm clipping."""
+  schedule = make_schedule(config)
+  if config.weight_decay > 0:
+    opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                      weight_decay=config.weight_decay, mask=decay_mask)
+  else:
+    opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  if config.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+

@@ -1,0 +1,206 @@
+"""Text in, text out: batching, bucketing and scoring around the search in decoding.py.
+
+Shared by train-time validation BLEU and decode.py, so both measure the same thing.
+Sentences are sorted by length into a few fixed bucket lengths, so a batch's shape (and
+with it the compiled program) depends only on its bucket, never on its sentences; the
+translations come back in input order.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import sacrebleu
+
+from transformer import decoding
+from transformer import input_pipeline
+
+AXIS = 'data'
+BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """How to search: beam_size 1 is greedy."""
+  beam_size: int = 1
+  length_penalty: float = 0.6
+  length_ratio: float = 1.5  # Max output tokens = ratio * source tokens + offset.
+  length_offset: int = 10
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, beam_size: Optional[int] = None):
+    return cls(beam_size=config.beam_size if beam_size is None else beam_size,
+               length_penalty=config.length_penalty, length_ratio=config.decode_length_ratio,
+               length_offset=config.decode_length_offset)
+
+
+def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+  """Corpus BLEU and chrF with sacreBLEU's defaults, and their signatures.
+
+  `references` is a list of reference streams, each as long as `hypotheses`.
+  """
+  for stream in references:
+    if len(stream) != len(hypotheses):
+      raise ValueError(f'{len(hypotheses)} hypotheses but a reference stream of {len(stream)}.')
+  bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+  bleu_score = bleu.corpus_score(list(hypotheses), [list(r) for r in references])
+  chrf_score = chrf.corpus_score(list(hypotheses), [list(r) for r in references])
+  return {'bleu': bleu_score.score, 'chrf': chrf_score.score,
+          'bleu_text': str(bleu_score), 'chrf_text': str(chrf_score),
+          'bleu_signature': str(bleu.get_signature()),
+          'chrf_signature': str(chrf.get_signature())}
+
+
+def bucket_length(num_tokens: int, max_len: int) -> int:
+  """The smallest bucket that holds `num_tokens` (capped at the model's max_len)."""
+  for length in BUCKET_LENGTHS:
+    if length >= num_tokens:
+      return min(length, max_len)
+  return max_len
+
+
+class Translator:
+  """Translates lists of sentences with a model's KV-cached decoder."""
+
+  def __init__(self, model, tokenizer, *, batch_size: int, mesh: Optional[Mesh] = None):
+    self._model = model
+    self._tokenizer = tokenizer
+    self._mesh = mesh if mesh is not None else jax.make_mesh((jax.device_count(),), (AXIS,))
+    devices = self._mesh.devices.size
+    self._batch_size = max(devices, batch_size // devices * devices)
+    self._compiled = {}
+    self.num_truncated = 0
+
+  def _decode_fn(self, search: SearchConfig, source_len: int):
+    key = (search, source_len)
+    if key not in self._compiled:
+      max_decode_len = min(math.ceil(search.length_ratio * source_len + search.length_offset),
+                           self._model.config.max_len)
+      per_device = functools.partial(_decode_batch, model=self._model, search=search,
+                                     max_decode_len=max_decode_len)
+      self._compiled[key] = jax.jit(jax.shard_map(
+          per_device, mesh=self._mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)))
+    return self._compiled[key]
+
+  def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
+    """Source token ids (with eos); too long a sentence is cut with a warning."""
+    max_len = self._model.config.max_len
+    encoded = []
+    for index, sentence in enumerate(sentences):
+      ids = self._tokenizer.encode(sentence) + [self._tokenizer.eos_id]
+      if len(ids) > max_len:
+        logging.warning('Input line %d has %d tokens; the model reads at most %d: truncated.',
+                        index + 1, len(ids), max_len)
+        self.num_truncated += 1
+        ids = ids[:max_len - 1] + [self._tokenizer.eos_id]
+      encoded.append(ids)
+    return encoded
+
+  def translate_ids(self, variables, sources: Sequence[Sequence[int]],
+                    search: SearchConfig) -> list[list[int]]:
+    """Output token ids (without eos) for each source, in input order."""
+    max_len = self._model.config.max_len
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    outputs: list[Optional[list[int]]] = [None] * len(sources)
+    start = 0
+    while start < len(order):
+      bucket = bucket_length(len(sources[order[start]]), max_len)
+      chunk = [i for i in order[start:start + self._batch_size]
+               if len(sources[i]) <= bucket]
+      rows = np.zeros((self._batch_size, bucket), np.int32)
+      for row, i in enumerate(chunk):
+        rows[row, :len(sources[i])] = sources[i]
+      tokens = self._run(self._decode_fn(search, bucket), variables, rows)
+      for row, i in enumerate(chunk):
+        outputs[i] = _strip(tokens[row], self._tokenizer.eos_id)
+      start += len(chunk)
+    return outputs
+
+  def _run(self, fn, variables, rows: np.ndarray) -> np.ndarray:
+    """Runs a decode on this process's share of `rows`; every process gets all outputs."""
+    per_process = rows.shape[0] // jax.process_count()
+    local = rows[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
+    batch = jax.make_array_from_process_local_data(NamedSharding(self._mesh, P(AXIS)), local)
+    tokens = fn(variables, batch)
+    if jax.process_count() > 1:
+      return np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+    return np.asarray(tokens)
+
+  def translate(self, variables, sentences: Sequence[str], search: SearchConfig) -> list[str]:
+    """Detokenized translations; an empty input line gives an empty output line."""
+    nonempty = [i for i, s in enumerate(sentences) if s.strip()]
+    ids = self.translate_ids(variables, self.encode_sources([sentences[i] for i in nonempty]),
+                             search)
+    out = [''] * len(sentences)
+    for i, output in zip(nonempty, ids):
+      out[i] = self._tokenizer.decode(output)
+    return out
+
+
+def _strip(tokens: np.ndarray, eos_id: int) -> list[int]:
+  """Token ids up to (not including) the first eos; padding dropped."""
+  out = []
+  for token in tokens.tolist():
+    if token == eos_id:
+      break
+    if token:
+      out.append(token)
+  return out
+
+
+def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_len: int):
+  """One device's batch: encode once, then greedy or beam search over the KV cache."""
+  batch_size = inputs.shape[0]
+  cache = model.apply(variables, inputs, max_decode_len, method=model.init_cache)
+  source_lengths = jnp.sum(inputs > 0, axis=1)
+  max_lengths = jnp.minimum(
+      jnp.ceil(search.length_ratio * source_lengths + search.length_offset).astype(jnp.int32),
+      max_decode_len)
+
+  def step_fn(tokens, cache):
+    return model.apply(variables, cache, tokens, method=model.decode_step)
+
+  if search.beam_size == 1:
+    return decoding.greedy_search(step_fn, cache, batch_size=batch_size,
+                                  max_decode_len=max_decode_len, max_lengths=max_lengths)
+  sequences, _ = decoding.beam_search(
+      step_fn, cache, batch_size=batch_size, beam_size=search.beam_size,
+      max_decode_len=max_decode_len, max_lengths=max_lengths,
+      length_penalty=search.length_penalty)
+  return sequences[:, 0]
+
+
+def model_variables(state) -> dict:
+  """The variables a model needs for inference, from a TrainState."""
+  variables = {'params': state.params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+class Validation:
+  """Greedy BLEU of the validation split during training."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer, mesh: Mesh):
+    from transformer import train_lib  # The model factory; train_lib imports this module.
+    pairs = input_pipeline.load_pairs(config, 'validation')
+    if config.num_eval_bleu_sentences:
+      pairs = pairs[:config.num_eval_bleu_sentences]
+    self._sources = [fr for fr, _ in pairs]
+    self._references = [en for _, en in pairs]
+    self._translator = Translator(train_lib.make_model(config), tokenizer,
+                                  batch_size=config.eval_batch_size, mesh=mesh)
+    self._search = SearchConfig.from_config(config, beam_size=1)
+
+  def bleu(self, state) -> dict[str, float]:
+    hypotheses = self._translator.translate(model_variables(state), self._sources, self._search)
+    scores = score(hypotheses, [self._references])
+    return {'eval/bleu': scores['bleu'], 'eval/chrf': scores['chrf']}
