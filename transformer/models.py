@@ -169,7 +169,8 @@ class MultiHeadAttention(nn.Module):
     """x [batch, queries, emb]; mask boolean, broadcastable to [batch, heads, queries, keys]."""
     cfg = self.config
     query = self.query(x)  # [batch, queries, heads, head_dim]
-    want_weights = self.is_mutable_collection('attention_weights')
+    want_weights = (self.is_mutable_collection('attention_weights')
+                    and not self.is_initializing())
     weight_dropout = train and cfg.attention_dropout_rate > 0
     if cfg.attention_impl == 'xla' and not want_weights and not weight_dropout:
       # jax.nn.dot_product_attention cannot drop weights or return them.
@@ -230,7 +231,7 @@ class Sublayer(nn.Module):
     else:
       branch = inner(x)
       out = norm(x * alpha + gate * dropout(branch), mask, train)
-    if self.is_mutable_collection('intermediates'):
+    if self.is_mutable_collection('intermediates') and not self.is_initializing():
       self.sow('intermediates', 'branch_rms', masked_rms(branch, mask))
       self.sow('intermediates', 'output_rms', masked_rms(out, mask))
     return out

@@ -18,13 +18,17 @@ SCHEDULES = ('rsqrt', 'cosine', 'linear')
 
 
 def _rsqrt_decay(peak: float, warmup_steps: int) -> optax.Schedule:
-  """peak * sqrt(warmup / step), as a function of steps since the end of warm-up."""
-  offset = max(warmup_steps, 1)
-  return lambda count: peak * jnp.sqrt(offset / (count + offset))
+  """peak * sqrt(warmup / step) at 1-based step `warmup + count`."""
+  warmup = max(warmup_steps, 1)
+  return lambda count: peak * jnp.sqrt(warmup / jnp.maximum(count + warmup, warmup))
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Returns the learning rate as a function of the optimizer step count."""
+  """The learning rate of each update, as a function of optax's 0-based update count.
+
+  The formulas are written on the 1-based step s = count + 1 (the first update uses
+  peak / warmup, not zero), as in the papers.
+  """
   peak, warmup, total = config.learning_rate, config.warmup_steps, config.num_train_steps
   if config.lr_schedule not in SCHEDULES:
     raise ValueError(f'Unknown lr_schedule {config.lr_schedule!r}; expected one of {SCHEDULES}.')
@@ -34,11 +38,10 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     decay = optax.cosine_decay_schedule(peak, decay_steps=max(total - warmup, 1))
   else:
     decay = optax.linear_schedule(peak, 0.0, transition_steps=max(total - warmup, 1))
-  if warmup == 0:
-    return decay
-  # optax counts from 0; the first update (count 0) uses peak / warmup, not 0.
-  warm = optax.linear_schedule(peak / warmup, peak, transition_steps=warmup - 1)
-  return optax.join_schedules([warm, decay], boundaries=[warmup])
+  if warmup:
+    decay = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, transition_steps=warmup), decay], boundaries=[warmup])
+  return lambda count: decay(count + 1)
 
 
 def decay_mask(params: Any) -> Any:

@@ -157,8 +157,8 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
   step_metrics = {
       'train/loss': loss, 'train/tokens': num_tokens.astype(jnp.float32),
-      'train/grad_norm': optax.global_norm(grads),
-      'train/param_norm': optax.global_norm(state.params),
+      'train/grad_norm': optax.tree.norm(grads),
+      'train/param_norm': optax.tree.norm(state.params),
       'train/nonfinite_streak': new_state.nonfinite_streak.astype(jnp.float32),
   }
   return new_state, step_metrics

@@ -1,0 +1,328 @@
+"""Tests for transformer/decoding.py against NumPy references.
+
+The fake model is a table of logits indexed by (table, step, token before the
+previous one, previous token). The token before the previous one lives only in
+the cache, so a beam whose cache is not reordered with it scores wrongly.
+"""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import decoding
+
+EOS = 1
+VOCAB = 5  # pad/bos 0, eos 1, words 2..4
+
+
+def make_step_fn(tables):
+  """Step function over logits tables[table, step, before_previous, previous].
+
+  Args:
+    tables: float[num_tables, steps, vocab, vocab, vocab].
+
+  Returns:
+    step_fn(tokens, cache) for a cache {'table', 'prev', 'step'} where 'table'
+    picks each row's table.
+  """
+  tables = jnp.asarray(tables, jnp.float32)
+
+  def step_fn(tokens, cache):
+    logits = tables[cache['table'], cache['step'], cache['prev'], tokens]
+    return logits, dict(cache, prev=tokens, step=cache['step'] + 1)
+
+  return step_fn
+
+
+def make_cache(table_ids, per_row_step=False):
+  table_ids = jnp.asarray(table_ids, jnp.int32)
+  step = jnp.zeros_like(table_ids) if per_row_step else jnp.array(0, jnp.int32)
+  return {'table': table_ids, 'prev': jnp.zeros_like(table_ids), 'step': step}
+
+
+def counting(step_fn):
+  """Wraps step_fn so that each executed decoding step appends to a list."""
+  calls = []
+
+  def counted(tokens, cache):
+    jax.debug.callback(lambda: calls.append(1))
+    return step_fn(tokens, cache)
+
+  return counted, calls
+
+
+def log_softmax(x):
+  x = np.asarray(x, np.float64)
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def gnmt_penalty(length, alpha):
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def all_hypotheses(table, limit, alpha):
+  """Every eos-terminated sequence of <= limit tokens, best GNMT score first.
+
+  Args:
+    table: logits [steps, vocab, vocab, vocab] of one sentence.
+    limit: the most tokens a sequence may have, eos included.
+    alpha: length penalty exponent.
+
+  Returns:
+    List of (tokens tuple, score), sorted by descending score.
+  """
+  log_probs = log_softmax(table)
+  hypotheses = []
+  for length in range(1, limit + 1):
+    for words in itertools.product(
+        [t for t in range(VOCAB) if t != EOS], repeat=length - 1):
+      tokens = words + (EOS,)
+      fed = (0, 0) + tokens  # bos is fed first; the cache starts at 0 too
+      total = sum(log_probs[i, fed[i], fed[i + 1], tokens[i]]
+                  for i in range(length))
+      hypotheses.append((tokens, total / gnmt_penalty(length, alpha)))
+  return sorted(hypotheses, key=lambda h: -h[1])
+
+
+def numpy_greedy(table, limit):
+  """Argmax decoding of one sentence, forced to eos at its limit."""
+  fed, tokens = [0, 0], []
+  while not tokens or tokens[-1] != EOS:
+    token = int(np.argmax(table[len(tokens), fed[-2], fed[-1]]))
+    tokens.append(EOS if len(tokens) == limit - 1 else token)
+    fed.append(token)
+  return tokens
+
+
+def padded(tokens, length):
+  return list(tokens) + [0] * (length - len(tokens))
+
+
+def test_length_penalty_matches_gnmt_formula():
+  lengths = np.array([1, 2, 7, 30])
+  for alpha in (0.0, 0.6, 1.0):
+    np.testing.assert_allclose(
+        decoding.length_penalty_fn(lengths, alpha),
+        ((5.0 + lengths) / 6.0) ** alpha, rtol=1e-6)
+  # Length counts eos: a hypothesis that is only eos is not penalised.
+  assert decoding.length_penalty_fn(1, 0.6) == pytest.approx(1.0)
+
+
+def test_beam_helpers_tile_and_gather_rows_but_not_scalars():
+  tree = {'rows': jnp.arange(6).reshape(2, 3), 'index': jnp.array(7)}
+  tiled = jax.tree_util.tree_map(lambda x: decoding.add_beam_dim(x, 4), tree)
+  assert tiled['rows'].shape == (2, 4, 3) and tiled['index'] == 7
+  flat = jax.tree_util.tree_map(decoding.flatten_beam_dim, tiled)
+  np.testing.assert_array_equal(flat['rows'][:4], np.tile([0, 1, 2], (4, 1)))
+  back = jax.tree_util.tree_map(
+      lambda x: decoding.unflatten_beam_dim(x, 4), flat)
+  rows = back['rows'] + jnp.arange(4)[None, :, None] * 10  # beams differ
+  picked = decoding.gather_beams({'rows': rows, 'index': back['index']},
+                                 jnp.array([[3, 0], [1, 1]]))
+  np.testing.assert_array_equal(picked['rows'][:, :, 0], [[30, 0], [13, 13]])
+  assert picked['index'] == 7
+
+
+@pytest.mark.parametrize('alpha,per_row_step', [(0.6, False), (0.0, True),
+                                                (1.0, False)])
+def test_large_beam_returns_every_hypothesis_with_its_score(
+    alpha, per_row_step):
+  max_decode_len, limits = 4, [4, 3]
+  tables = np.random.default_rng(0).normal(
+      0, 1.5, (2, max_decode_len, VOCAB, VOCAB, VOCAB))
+  # 1 + 4 + 16 + 64 = 85 sequences of <= 4 tokens, and at most 16 * 5 = 80
+  # candidates at a step: a beam of 85 enumerates everything.
+  beam_size = 85
+  sequences, scores = decoding.beam_search(
+      make_step_fn(tables), make_cache([0, 1], per_row_step),
+      batch_size=2, beam_size=beam_size, max_decode_len=max_decode_len,
+      max_lengths=jnp.array(limits), length_penalty=alpha)
+  assert sequences.shape == (2, beam_size, max_decode_len)
+  for b in range(2):
+    expected = all_hypotheses(tables[b], limits[b], alpha)
+    n = len(expected)
+    np.testing.assert_array_equal(
+        sequences[b, :n], [padded(s, max_decode_len) for s, _ in expected])
+    np.testing.assert_allclose(scores[b, :n], [s for _, s in expected],
+                               rtol=1e-5)
+    # Only 21 sequences fit in 3 tokens; the other slots are empty.
+    assert np.all(scores[b, n:] == -np.inf)
+    assert np.all(sequences[b, n:] == 0)
+
+
+def test_beam_search_finds_what_greedy_misses():
+  # The likelier first word (2) leads to an unsure second step; the other
+  # first word (3) is almost surely followed by eos: 0.4 * 0.95 > 0.5 * 0.4.
+  probs = np.full((3, VOCAB, VOCAB), 1e-3)
+  probs[0, 0, [2, 3, EOS]] = [0.5, 0.4, 0.1]
+  probs[1:, :, [2, 3, 4, EOS]] = [0.2, 0.2, 0.2, 0.4]
+  probs[1, 2, [2, 3, 4, EOS]] = [0.3, 0.2, 0.1, 0.4]
+  probs[1, 3, [2, 3, 4, EOS]] = [0.02, 0.02, 0.01, 0.95]
+  logits = np.log(probs)  # [step, previous, next]
+  tables = np.broadcast_to(logits[:, None], (3,) + (VOCAB,) * 3)[None]
+  step_fn, cache = make_step_fn(tables), make_cache([0])
+
+  greedy = decoding.greedy_search(step_fn, cache, batch_size=1,
+                                  max_decode_len=3)
+  sequences, scores = decoding.beam_search(
+      step_fn, cache, batch_size=1, beam_size=2, max_decode_len=3)
+
+  np.testing.assert_array_equal(greedy[0], [2, EOS, 0])
+  best, best_score = all_hypotheses(tables[0], 3, 0.6)[0]
+  assert best == (3, EOS)
+  np.testing.assert_array_equal(sequences[0, 0], [3, EOS, 0])
+  assert scores[0, 0] == pytest.approx(best_score, rel=1e-5)
+  assert best_score == pytest.approx(np.log(0.38 / 1.001) / gnmt_penalty(2, 0.6),
+                                     rel=1e-3)
+
+
+@pytest.mark.parametrize('seed', [1, 2, 3])
+def test_greedy_matches_numpy_and_beam_size_one(seed):
+  rng = np.random.default_rng(seed)
+  batch_size, max_decode_len = 6, 7
+  tables = rng.normal(0, 2.0, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  limits = rng.integers(1, max_decode_len + 3, batch_size)
+  step_fn, cache = make_step_fn(tables), make_cache(np.arange(batch_size))
+
+  greedy = decoding.greedy_search(
+      step_fn, cache, batch_size=batch_size, max_decode_len=max_decode_len,
+      max_lengths=jnp.array(limits))
+  # With alpha = 0 the score is the log-probability, so a one-hypothesis beam
+  # must follow the argmax path and end where greedy ends.
+  sequences, _ = decoding.beam_search(
+      step_fn, cache, batch_size=batch_size, beam_size=1,
+      max_decode_len=max_decode_len, max_lengths=jnp.array(limits),
+      length_penalty=0.0)
+
+  for b in range(batch_size):
+    expected = numpy_greedy(tables[b], min(limits[b], max_decode_len))
+    np.testing.assert_array_equal(greedy[b], padded(expected, max_decode_len))
+  np.testing.assert_array_equal(sequences[:, 0], greedy)
+
+
+def test_max_lengths_force_eos():
+  max_decode_len = 6
+  logits = np.zeros((3, max_decode_len) + (VOCAB,) * 3)
+  logits[..., 2] = 5.0  # eos is never the argmax
+  step_fn, cache = make_step_fn(logits), make_cache([0, 1, 2])
+  expected = [[2, EOS, 0, 0, 0, 0], [2, 2, 2, 2, EOS, 0],
+              [2, 2, 2, 2, 2, EOS]]
+  max_lengths = jnp.array([2, 5, 9])  # 9 is clipped to max_decode_len
+
+  greedy = decoding.greedy_search(step_fn, cache, batch_size=3,
+                                  max_decode_len=max_decode_len,
+                                  max_lengths=max_lengths)
+  sequences, scores = decoding.beam_search(
+      step_fn, cache, batch_size=3, beam_size=3,
+      max_decode_len=max_decode_len, max_lengths=max_lengths)
+
+  np.testing.assert_array_equal(greedy, expected)
+  np.testing.assert_array_equal(sequences[:, 0], expected)
+  # Every returned hypothesis ends with eos within its sentence's budget.
+  lengths = np.argmax(np.asarray(sequences) == EOS, axis=-1) + 1
+  assert np.all(np.any(np.asarray(sequences) == EOS, axis=-1))
+  assert np.all(lengths <= np.array([2, 5, 6])[:, None])
+  assert np.all(np.isfinite(scores))
+
+
+def test_greedy_stops_once_every_sentence_ended():
+  max_decode_len = 10
+  logits = np.zeros((2, max_decode_len) + (VOCAB,) * 3)
+  logits[0, :, :, :, EOS] = 5.0  # sentence 0 ends at once
+  logits[1, :3, :, :, 2] = 5.0  # sentence 1 says three words first
+  logits[1, 3:, :, :, EOS] = 5.0
+  step_fn, calls = counting(make_step_fn(logits))
+
+  tokens = decoding.greedy_search(step_fn, make_cache([0, 1]), batch_size=2,
+                                  max_decode_len=max_decode_len)
+  jax.effects_barrier()
+
+  np.testing.assert_array_equal(tokens[:, :5], [[EOS, 0, 0, 0, 0],
+                                                [2, 2, 2, EOS, 0]])
+  assert len(calls) == 4
+
+
+def test_beam_search_stops_when_no_live_beam_can_win():
+  # Word 2 has probability 0.1 and eos 0.9; pad is impossible, so the
+  # sequences are 2^n eos. After step 1 the finished set is {eos, 2 eos}
+  # and the best live log-prob 2 log 0.1 bounds what can still come:
+  # 2 log 0.1 / lp(10) = -2.66 < (log 0.1 + log 0.9) / lp(2) = -2.19.
+  max_decode_len, alpha = 10, 0.6
+  logits = np.full((1, max_decode_len) + (VOCAB,) * 3, -1e9)
+  logits[..., 2] = np.log(0.1)
+  logits[..., EOS] = np.log(0.9)
+  step_fn, calls = counting(make_step_fn(logits))
+
+  sequences, scores = decoding.beam_search(
+      step_fn, make_cache([0]), batch_size=1, beam_size=2,
+      max_decode_len=max_decode_len, length_penalty=alpha)
+  jax.effects_barrier()
+
+  assert len(calls) == 2
+  np.testing.assert_array_equal(sequences[0, :, :3], [[EOS, 0, 0],
+                                                      [2, EOS, 0]])
+  expected = [np.log(0.9),
+              (np.log(0.1) + np.log(0.9)) / gnmt_penalty(2, alpha)]
+  np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
+  # What a longer search could add is worse: the early stop lost nothing.
+  assert (3 * np.log(0.1) + np.log(0.9)) / gnmt_penalty(4, alpha) < expected[1]
+
+
+def test_permuting_the_batch_permutes_the_outputs():
+  rng = np.random.default_rng(4)
+  batch_size, max_decode_len = 5, 6
+  tables = rng.normal(0, 2.0, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  limits = np.array([2, 6, 4, 3, 5])
+  permutation = np.array([3, 0, 4, 1, 2])
+
+  def decode(rows):
+    step_fn, cache = make_step_fn(tables), make_cache(rows)
+    common = dict(batch_size=batch_size, max_decode_len=max_decode_len,
+                  max_lengths=jnp.array(limits[rows]))
+    return (decoding.greedy_search(step_fn, cache, **common),
+            *decoding.beam_search(step_fn, cache, beam_size=3, **common))
+
+  original = decode(np.arange(batch_size))
+  permuted = decode(permutation)
+  for before, after in zip(original, permuted):
+    np.testing.assert_array_equal(np.asarray(before)[permutation], after)
+
+
+def test_jitted_searches_do_not_retrace_for_new_values():
+  max_decode_len, traces = 5, []
+  tables = np.random.default_rng(5).normal(
+      0, 2.0, (2, max_decode_len) + (VOCAB,) * 3)
+  table_step_fn = make_step_fn(tables)
+
+  def step_fn(tokens, cache):
+    traces.append(1)  # runs only while tracing
+    return table_step_fn(tokens, cache)
+
+  greedy = jax.jit(functools.partial(
+      decoding.greedy_search, step_fn, batch_size=2,
+      max_decode_len=max_decode_len))
+  beam = jax.jit(functools.partial(
+      decoding.beam_search, step_fn, batch_size=2, beam_size=3,
+      max_decode_len=max_decode_len))
+
+  outputs = []
+  for rows, limits in (([0, 1], [5, 5]), ([1, 0], [2, 4])):
+    args = (make_cache(rows),)
+    kwargs = dict(max_lengths=jnp.array(limits, jnp.int32))
+    outputs.append((greedy(*args, **kwargs), beam(*args, **kwargs)[0]))
+    if len(outputs) == 1:
+      traces_after_first_call = len(traces)
+
+  assert traces_after_first_call > 0
+  assert len(traces) == traces_after_first_call
+  assert not np.array_equal(outputs[0][0], outputs[1][0])
+  np.testing.assert_array_equal(
+      outputs[1][0],
+      decoding.greedy_search(make_step_fn(tables), make_cache([1, 0]),
+                             batch_size=2, max_decode_len=max_decode_len,
+                             max_lengths=jnp.array([2, 4])))

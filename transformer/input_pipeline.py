@@ -1,0 +1,161 @@
+"""TFDS array_record -> tokenized, packed, fixed-shape batches (the Flax wmt format).
+
+Every split is tokenized once, up front, into memory (the corpora here are at most a few
+hundred thousand short pairs, seconds of sentencepiece time), so that the grain pipeline
+below it is a pure index-based map over a list: exactly reproducible, and its iterator state
+is a few integers however far into training it is.
+
+A batch is a dict of int32 arrays, each [config.batch_size // process_count, max_length]:
+`inputs`, `targets` (each sentence followed by eos=1, then padding 0), and for packing
+`inputs_segmentation`/`targets_segmentation` (1, 2, 3, ... per sentence in a row, 0 on
+padding) and `inputs_position`/`targets_position` (0-based position within its sentence).
+Training and evaluation batches have this one shape, so train/eval steps compile once.
+
+Saving and restoring the training data position (mid-epoch), with orbax:
+
+  import grain, orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data'))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+  ...
+  train_iter = make_train_iterator(config, tokenizer, ...)  # a fresh iterator, same config
+  manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(train_iter)))
+
+or without orbax: `state = train_iter.get_state()` (a small JSON-able dict) and later
+`train_iter.set_state(state)`. Either way the resumed iterator yields exactly the batches
+the unbroken one would have. In a multi-process run each process saves its own iterator.
+"""
+
+from typing import Iterator
+
+from absl import logging
+import grain
+import ml_collections
+import numpy as np
+
+from transformer import datasets
+from transformer import tokenizer as tokenizer_lib
+
+Batch = dict[str, np.ndarray]
+# More bins than rows per batch let best-fit find a place for a short pair before it gives up
+# on the round; measured on the Bible: 1 -> 0.90 of target positions real, 4 -> 0.97.
+_BINS_PER_ROW = 4
+_RENAME = {
+    'inputs': 'inputs', 'targets': 'targets',
+    'inputs_segment_ids': 'inputs_segmentation', 'targets_segment_ids': 'targets_segmentation',
+    'inputs_positions': 'inputs_position', 'targets_positions': 'targets_position',
+}
+FEATURES = tuple(_RENAME.values())
+
+
+def prepare(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  """Builds the dataset if needed and returns its (possibly newly trained) tokenizer."""
+  datasets.build(config)
+  return tokenizer_lib.load_or_train(config)
+
+
+def load_pairs(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
+  """Returns the (fr, en) pairs of `split` in a fixed order, for decoding and BLEU."""
+  return datasets.load_pairs(config, split)
+
+
+def tokenize_pairs(
+    pairs: list[tuple[str, str]], tokenizer: tokenizer_lib.Tokenizer) -> list[dict[str, np.ndarray]]:
+  """Returns {'inputs', 'targets'} int32 arrays, each ending with eos."""
+  eos = [tokenizer.eos_id]
+  sources = tokenizer.encode_batch([fr for fr, _ in pairs])
+  targets = tokenizer.encode_batch([en for _, en in pairs])
+  return [{'inputs': np.asarray(s + eos, np.int32), 'targets': np.asarray(t + eos, np.int32)}
+          for s, t in zip(sources, targets)]
+
+
+def _check_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
+  if config.batch_size % process_count:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+                     f'{process_count} processes.')
+  return config.batch_size // process_count
+
+
+def _pack_and_batch(dataset: grain.IterDataset, config: ml_collections.ConfigDict,
+                    rows: int, *, drop_remainder: bool) -> grain.IterDataset:
+  length = config.max_length
+  dataset = grain.experimental.BestFitPackIterDataset(
+      dataset,
+      length_struct={'inputs': length, 'targets': length},
+      num_packing_bins=rows * _BINS_PER_ROW,
+      seed=config.seed + config.shuffle_buffer_seed_offset,
+      shuffle_bins=drop_remainder,  # Shuffled for training; evaluation keeps corpus order.
+  )
+  dataset = dataset.batch(rows, drop_remainder=drop_remainder)
+  return dataset.map(lambda batch: {_RENAME[k]: v for k, v in batch.items()})
+
+
+def make_train_iterator(config: ml_collections.ConfigDict,
+                        tokenizer: tokenizer_lib.Tokenizer,
+                        *,
+                        process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+  """Returns an endless iterator of packed training batches for this process.
+
+  Process `i` reads pairs i, i + n, i + 2n, ... of the training split (n = process_count),
+  reshuffled every epoch with seed config.seed + config.shuffle_buffer_seed_offset. Pairs
+  longer than max_length tokens (eos included) on either side are skipped and counted.
+  The iterator has get_state()/set_state(); see the module docstring for checkpoints.
+  """
+  rows = _check_batch_size(config, process_count)
+  examples = tokenize_pairs(load_pairs(config, 'train'), tokenizer)
+  kept = [e for e in examples
+          if max(len(e['inputs']), len(e['targets'])) <= config.max_length]
+  logging.info('%s train: %d pairs, %d skipped as longer than %d tokens.',
+               config.dataset_name, len(kept), len(examples) - len(kept), config.max_length)
+  if not kept:
+    raise ValueError(f'No training pair of {config.dataset_name} fits in max_length '
+                     f'{config.max_length}.')
+  dataset = grain.MapDataset.source(kept)[process_index::process_count]
+  # shuffle-then-repeat draws a new permutation for every epoch.
+  dataset = dataset.shuffle(seed=config.seed + config.shuffle_buffer_seed_offset).repeat()
+  dataset = _pack_and_batch(dataset.to_iter_dataset(), config, rows, drop_remainder=True)
+  return iter(dataset)
+
+
+def _pad_rows(batch: Batch, rows: int) -> Batch:
+  return {k: np.pad(v, ((0, rows - len(v)), (0, 0))) for k, v in batch.items()}
+
+
+def make_eval_iterator(config: ml_collections.ConfigDict,
+                       tokenizer: tokenizer_lib.Tokenizer,
+                       split: str,
+                       *,
+                       process_index: int = 0,
+                       process_count: int = 1) -> Iterator[Batch]:
+  """Returns one deterministic pass over `split` in training-shaped packed batches.
+
+  Every pair is kept: one longer than max_length is truncated to max_length tokens, its last
+  kept token replaced by eos, so the loss covers the whole split (BLEU uses load_pairs, not
+  this). Missing rows of the last batch are all zeros (segmentation 0 = no loss). All
+  processes get the same number of batches (padded with all-zero batches), so a collective
+  eval step cannot wait on a process that has run out.
+  """
+  rows = _check_batch_size(config, process_count)
+  length = config.max_length
+  examples = tokenize_pairs(load_pairs(config, split), tokenizer)
+  truncated = 0
+  for e in examples:
+    for key in ('inputs', 'targets'):
+      if len(e[key]) > length:
+        e[key] = np.concatenate([e[key][:length - 1], [tokenizer.eos_id]]).astype(np.int32)
+        truncated += 1
+  if truncated:
+    logging.info('%s %s: truncated %d sentences longer than %d tokens.',
+                 config.dataset_name, split, truncated, length)
+  shards = []
+  for index in range(process_count):
+    dataset = grain.MapDataset.source(examples)[index::process_count].to_iter_dataset()
+    batches = _pack_and_batch(dataset, config, rows, drop_remainder=False)
+    shards.append([_pad_rows(b, rows) for b in batches])
+  num_batches = max(len(s) for s in shards)
+  own = shards[process_index]
+  empty = {k: np.zeros((rows, length), np.int32) for k in FEATURES}
+  own += [empty] * (num_batches - len(own))
+  return iter(own)
