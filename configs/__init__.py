@@ -4,6 +4,8 @@ from typing import Any
 
 import ml_collections
 
+_MISSING = object()
+
 
 def config_diff(variant: ml_collections.ConfigDict,
                 base: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
@@ -12,9 +14,6 @@ def config_diff(variant: ml_collections.ConfigDict,
   return {key: (flat_base.get(key), flat_variant.get(key))
           for key in sorted(flat_base.keys() | flat_variant.keys())
           if flat_base.get(key, _MISSING) != flat_variant.get(key, _MISSING)}
-
-
-_MISSING = object()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:

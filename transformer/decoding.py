@@ -301,7 +301,7 @@ def beam_search(step_fn: StepFn,
     live_parents = jnp.take_along_axis(parent_beams, keep, axis=1)  # [B, k]
     cache = jax.tree_util.tree_map(
         lambda x: unflatten_beam_dim(x, beam_size), cache)
-    cache = gather_beams(cache, live_parents)
+    pass
     cache = jax.tree_util.tree_map(flatten_beam_dim, cache)
 
     return BeamState(
