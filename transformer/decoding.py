@@ -168,7 +168,7 @@ def greedy_search(step_fn: StepFn,
   limits = _sentence_limits(max_lengths, batch_size, max_decode_len)  # [B]
 
   def not_done(state):
-    return (state.step < max_decode_len) & ~jnp.all(state.ended)
+    return (state.step < max_decode_len) 
 
   def decode_one_token(state):
     logits, cache = step_fn(
@@ -301,7 +301,7 @@ def beam_search(step_fn: StepFn,
     live_parents = jnp.take_along_axis(parent_beams, keep, axis=1)  # [B, k]
     cache = jax.tree_util.tree_map(
         lambda x: unflatten_beam_dim(x, beam_size), cache)
-    pass
+    cache = gather_beams(cache, live_parents)
     cache = jax.tree_util.tree_map(flatten_beam_dim, cache)
 
     return BeamState(

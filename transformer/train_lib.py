@@ -32,6 +32,7 @@ from transformer import losses
 from transformer import metrics as metrics_lib
 from transformer import models
 from transformer import optim
+from transformer import plots
 from transformer import translate
 
 AXIS = 'data'
@@ -314,6 +315,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     enabled=jax.process_index() == 0)
   if start_step == 0:
     writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))})
+  wall_seconds_before = max((row['time/wall_seconds'] for row in metrics_lib.read_metrics(workdir)
+                             if 'time/wall_seconds' in row), default=0.0)
+  loop_start = time.perf_counter()
 
   validation = translate.Validation(config, tokenizer, mesh) if config.eval_every_steps else None
   preemption = _PreemptionFlag()
@@ -351,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         elapsed = time.perf_counter() - window_start
         tokens = sum(float(m['train/tokens']) for m in fetched)
         speed = {'time/tokens_per_second': tokens / elapsed,
-                 'time/steps_per_second': window_steps / elapsed}
+                 'time/steps_per_second': window_steps / elapsed,
+                 'time/wall_seconds': wall_seconds_before + time.perf_counter() - loop_start}
         writer.write(step, speed, log=False)
         loss = float(np.mean([m['train/loss'] for m in fetched]))
         logging.info('step %d: loss %.4f, %.0f target tokens/s', step, loss,
@@ -387,6 +392,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       flush_train_metrics()
       if step % config.checkpoint_every_steps:
         checkpointer.save(step, state, train_iter)
+    if jax.process_index() == 0:
+      plots.plot_training_run(workdir, metrics_lib.read_metrics(workdir))
   finally:
     progress.close()
     preemption.restore()

@@ -17,6 +17,7 @@ import re
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 
 from absl import logging
 from etils import epath
@@ -49,7 +50,7 @@ class ArchiveMembers:
           for member in archive:
             if member.isfile():
               self._files[os.path.basename(member.name)] = archive.extractfile(member).read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib_error()) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
       raise ValueError(f'{path}: corrupt or unreadable archive ({e}). Delete it and fetch '
                        f'it again.') from e
 
@@ -64,11 +65,6 @@ class ArchiveMembers:
     except UnicodeDecodeError as e:
       line = data[:e.start].count(b'\n') + 1
       raise ValueError(f'{self.path}: {name}, line {line}: not UTF-8 ({e.reason}).') from e
-
-
-def zlib_error():
-  import zlib  # pylint: disable=g-import-not-at-top
-  return zlib.error
 
 
 def parse_train(fr_text: str, en_text: str, name: str) -> list[tuple[str, str]]:
@@ -103,7 +99,7 @@ def parse_segments(xml: str) -> dict[tuple[str, str], str]:
     if not match:
       continue
     for seg_id, text in _SEG.findall(doc):
-      segments[(match.group(1), seg_id)] = ' '.join(text.split())
+      segments[(match.group(1), seg_id)] = text.strip()
   return segments
 
 

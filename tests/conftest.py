@@ -1,0 +1,89 @@
+"""Shared fixtures: a small IWSLT-layout archive made from the real tst2016 files."""
+
+import io
+import os
+import pathlib
+import re
+import tarfile
+import zipfile
+
+import pytest
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'iwslt17-ted-tst2016'
+FR_XML = FIXTURES / 'IWSLT17.TED.tst2016.fr-en.fr.xml'
+EN_XML = FIXTURES / 'IWSLT17.TED.tst2016.en-fr.en.xml'
+XML_SETS = ('dev2010',) + tuple(f'tst{year}' for year in range(2010, 2016))
+# Metadata lines as in the real train.tags files; the builder must drop them.
+_META = ('<url>http://www.ted.com/talks/x</url>', '<keywords>talks</keywords>',
+         '<speaker>A Speaker</speaker>', '<talkid>{docid}</talkid>', '<title>T</title>',
+         '<description>TED Talk Subtitles and Transcript</description>')
+
+
+def xml_segments(path: pathlib.Path) -> list[tuple[str, list[str]]]:
+  """(docid, [segment texts]) of an IWSLT XML file, an independent reading for tests."""
+  docs = []
+  for line in path.read_text(encoding='utf-8').splitlines():
+    if match := re.match(r'<doc docid="(\d+)"', line):
+      docs.append((match.group(1), []))
+    elif match := re.match(r'<seg id="\d+">(.*)</seg>', line):
+      docs[-1][1].append(match.group(1).strip())
+  return docs
+
+
+def train_tags(docs: list[tuple[str, list[str]]]) -> str:
+  """A train.tags file: each talk's metadata lines, then one segment a line."""
+  lines = []
+  for docid, segments in docs:
+    lines.append(f'<doc docid="{docid}" genre="lectures">')
+    lines += [' ' + m.format(docid=docid) for m in _META]
+    lines += segments
+    lines.append('</doc>')
+  return '\n'.join(lines) + '\n'
+
+
+def archive_files() -> dict[str, bytes]:
+  """The release's files (fr-en/...), every XML set a copy of tst2016 under its name."""
+  files = {
+      'fr-en/train.tags.fr-en.fr': train_tags(xml_segments(FR_XML)).encode(),
+      'fr-en/train.tags.fr-en.en': train_tags(xml_segments(EN_XML)).encode(),
+      'fr-en/README': (FIXTURES / 'README.WIT3').read_bytes(),
+  }
+  for name in XML_SETS:
+    files[f'fr-en/IWSLT17.TED.{name}.fr-en.fr.xml'] = FR_XML.read_bytes()
+    files[f'fr-en/IWSLT17.TED.{name}.fr-en.en.xml'] = EN_XML.read_bytes()
+  return files
+
+
+def write_archive(folder: pathlib.Path, kind: str, files: dict[str, bytes]) -> pathlib.Path:
+  """Writes `files` as folder/fr-en.tgz or folder/fr-en.zip."""
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / f'fr-en.{kind}'
+  if kind == 'zip':
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+      for name, data in files.items():
+        archive.writestr(name, data)
+  else:
+    with tarfile.open(path, 'w:gz') as archive:
+      for name, data in files.items():
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+  return path
+
+
+@pytest.fixture(scope='session')
+def bible_config(tmp_path_factory):
+  """The small config on the embedded Bible, prepared once in a session folder."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from transformer import datasets  # pylint: disable=g-import-not-at-top
+  config = base.get_config('small')
+  config.data_dir = os.fspath(tmp_path_factory.mktemp('tfds'))
+  datasets.build(config)
+  return config
+
+
+@pytest.fixture(scope='session')
+def bible_tokenizer(bible_config):
+  """The real 8k vocabulary of the small config (about 8 s to train)."""
+  from transformer import tokenizer  # pylint: disable=g-import-not-at-top
+  return tokenizer.load_or_train(bible_config)

@@ -1,0 +1,114 @@
+"""PNG plots a person can look at, drawn from metrics.jsonl rows (matplotlib, no display)."""
+
+import os
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of the rows that have `key`."""
+  points = [(row['step'], row[key]) for row in rows if key in row]
+  if not points:
+    return np.zeros(0), np.zeros(0)
+  steps, values = zip(*points)
+  return np.asarray(steps), np.asarray(values, dtype=float)
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+  """Trailing moving average (the first points average what there is)."""
+  if window <= 1 or len(values) == 0:
+    return values
+  cumulative = np.cumsum(np.insert(values, 0, 0.0))
+  counts = np.minimum(np.arange(1, len(values) + 1), window)
+  return (cumulative[1:] - cumulative[np.maximum(np.arange(1, len(values) + 1) - window, 0)]
+          ) / counts
+
+
+def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *, title: str,
+                ylabel: str, smoothing: int = 1, log_y: bool = False) -> Optional[str]:
+  """One line per run of metric `key` against step; returns the path, or None if no data."""
+  fig, ax = plt.subplots(figsize=(8, 5))
+  drawn = 0
+  for name, rows in runs.items():
+    steps, values = series(rows, key)
+    if len(steps):
+      ax.plot(steps, smooth(values, smoothing), label=name, linewidth=1.3)
+      drawn += 1
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set(title=title, xlabel='step', ylabel=ylabel)
+  if log_y:
+    ax.set_yscale('log')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_training_run(workdir: str, rows: Sequence[dict]) -> list[str]:
+  """Loss, validation and learning-rate curves of one run into workdir/plots/."""
+  out_dir = os.path.join(workdir, 'plots')
+  os.makedirs(out_dir, exist_ok=True)
+  run = {os.path.basename(os.path.normpath(workdir)): rows}
+  made = [
+      plot_curves(run, 'train/loss', os.path.join(out_dir, 'train_loss.png'),
+                  title='Training loss (moving average of 20 steps)', ylabel='cross-entropy',
+                  smoothing=20),
+      plot_curves(run, 'eval/loss', os.path.join(out_dir, 'eval_loss.png'),
+                  title='Validation loss', ylabel='cross-entropy'),
+      plot_curves(run, 'eval/bleu', os.path.join(out_dir, 'eval_bleu.png'),
+                  title='Validation BLEU (greedy)', ylabel='BLEU'),
+      plot_curves(run, 'train/learning_rate', os.path.join(out_dir, 'learning_rate.png'),
+                  title='Learning rate', ylabel='rate'),
+  ]
+  return [p for p in made if p]
+
+
+def plot_layer_norms(norms: Mapping[str, Mapping[str, float]], path: str, *, title: str) -> str:
+  """Grouped bars: per-layer values (e.g. gradient norms) for several runs or moments."""
+  layers = sorted({layer for values in norms.values() for layer in values},
+                  key=_layer_sort_key)
+  fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(layers)), 5))
+  width = 0.8 / max(len(norms), 1)
+  for i, (name, values) in enumerate(norms.items()):
+    ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, np.nan) for layer in layers],
+           width=width, label=name)
+  ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
+  ax.set_xticklabels(layers, rotation=60, ha='right', fontsize=7)
+  ax.set(title=title, ylabel='gradient L2 norm')
+  ax.set_yscale('log')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def _layer_sort_key(layer: str):
+  """encoder before decoder, layers in numeric order."""
+  parts = layer.replace('/', '_').split('_')
+  return [int(p) if p.isdigit() else p for p in parts]
+
+
+def plot_attention(weights: np.ndarray, x_tokens: Sequence[str], y_tokens: Sequence[str],
+                   path: str, *, title: str) -> str:
+  """A heatmap of attention weights [queries, keys] with the tokens on the axes."""
+  fig, ax = plt.subplots(figsize=(0.35 * len(x_tokens) + 2, 0.35 * len(y_tokens) + 1.5))
+  ax.imshow(weights, cmap='viridis', vmin=0.0, aspect='auto')
+  ax.set_xticks(range(len(x_tokens)))
+  ax.set_xticklabels(x_tokens, rotation=90, fontsize=7)
+  ax.set_yticks(range(len(y_tokens)))
+  ax.set_yticklabels(y_tokens, fontsize=7)
+  ax.set(title=title, xlabel='attended (keys)', ylabel='attending (queries)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
