@@ -249,14 +249,15 @@ def test_greedy_stops_once_every_sentence_ended():
 
 
 def test_beam_search_stops_when_no_live_beam_can_win():
-  # Word 2 has probability 0.1 and eos 0.9; pad is impossible, so the
-  # sequences are 2^n eos. After step 1 the finished set is {eos, 2 eos}
-  # and the best live log-prob 2 log 0.1 bounds what can still come:
-  # 2 log 0.1 / lp(10) = -2.66 < (log 0.1 + log 0.9) / lp(2) = -2.19.
+  # Word 2 has probability 0.3 and eos 0.7; other tokens are impossible, so
+  # the sequences are 2^n eos. After step 1 the finished set is {eos, 2 eos},
+  # worst (log .3 + log .7) / lp(2) = -1.423, and the best live log-prob
+  # bounds what can still come: 2 log .3 / lp(10) = -1.389 may still win, so
+  # step 2 runs; then 3 log .3 / lp(10) = -2.084 cannot: 3 steps, not 10.
   max_decode_len, alpha = 10, 0.6
   logits = np.full((1, max_decode_len) + (VOCAB,) * 3, -1e9)
-  logits[..., 2] = np.log(0.1)
-  logits[..., EOS] = np.log(0.9)
+  logits[..., 2] = np.log(0.3)
+  logits[..., EOS] = np.log(0.7)
   step_fn, calls = counting(make_step_fn(logits))
 
   sequences, scores = decoding.beam_search(
@@ -264,14 +265,16 @@ def test_beam_search_stops_when_no_live_beam_can_win():
       max_decode_len=max_decode_len, length_penalty=alpha)
   jax.effects_barrier()
 
-  assert len(calls) == 2
+  assert len(calls) == 3
   np.testing.assert_array_equal(sequences[0, :, :3], [[EOS, 0, 0],
                                                       [2, EOS, 0]])
-  expected = [np.log(0.9),
-              (np.log(0.1) + np.log(0.9)) / gnmt_penalty(2, alpha)]
+  expected = [np.log(0.7),
+              (np.log(0.3) + np.log(0.7)) / gnmt_penalty(2, alpha)]
   np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
-  # What a longer search could add is worse: the early stop lost nothing.
-  assert (3 * np.log(0.1) + np.log(0.9)) / gnmt_penalty(4, alpha) < expected[1]
+  # Longer sequences score worse: the early stop lost nothing.
+  for words in range(2, max_decode_len):
+    longer = (words * np.log(0.3) + np.log(0.7)) / gnmt_penalty(words + 1, alpha)
+    assert longer < expected[1]
 
 
 def test_permuting_the_batch_permutes_the_outputs():

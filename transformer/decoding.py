@@ -168,7 +168,7 @@ def greedy_search(step_fn: StepFn,
   limits = _sentence_limits(max_lengths, batch_size, max_decode_len)  # [B]
 
   def not_done(state):
-    return (state.step < max_decode_len) 
+    return (state.step < max_decode_len) & ~jnp.all(state.ended)
 
   def decode_one_token(state):
     logits, cache = step_fn(

@@ -52,8 +52,11 @@ class TrainState:
 
 
 def make_model(config: ml_collections.ConfigDict, *, axis_name: Optional[str] = None):
-  """The Transformer of `config.model`; `axis_name` all-reduces BatchNorm statistics."""
-  return models.Transformer(models.ModelConfig(**config.model), axis_name=axis_name)
+  """The Transformer of `config.model`; inside shard_map, BatchNorm all-reduces over `axis_name`."""
+  model_config = models.ModelConfig.from_config(config.model)
+  if axis_name and not model_config.batch_norm_axis_name:
+    model_config = dataclasses.replace(model_config, batch_norm_axis_name=axis_name)
+  return models.Transformer(model_config)
 
 
 def make_mesh() -> Mesh:
@@ -106,17 +109,16 @@ def loss_sum(params, batch_stats, batch: Batch, rng, *, model, config, intermedi
   symmetric KL divergence.
   """
   targets = batch['targets']
-  weights = (targets > 0).astype(jnp.float32)
   first_rng, second_rng = jax.random.split(rng)
   logits, updates = _forward(params, batch_stats, batch, first_rng, model=model, train=True,
                              intermediates=intermediates)
-  loss, _ = losses.cross_entropy(logits, targets, weights, config.label_smoothing)
+  loss, _ = losses.cross_entropy(logits, targets, config.label_smoothing)
   if config.r_drop_alpha > 0:
     logits_b, updates = _forward(params, updates.get('batch_stats', batch_stats), batch,
                                  second_rng, model=model, train=True)
-    loss_b, _ = losses.cross_entropy(logits_b, targets, weights, config.label_smoothing)
-    loss = 0.5 * (loss + loss_b) + config.r_drop_alpha * losses.r_drop_kl(
-        logits, logits_b, weights)
+    loss_b, _ = losses.cross_entropy(logits_b, targets, config.label_smoothing)
+    kl, _ = losses.r_drop_kl(logits, logits_b, targets)
+    loss = 0.5 * (loss + loss_b) + config.r_drop_alpha * kl
   return loss, updates
 
 
@@ -168,8 +170,7 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
 def eval_step(state: TrainState, batch: Batch, *, model) -> dict:
   """Summed (unsmoothed) cross-entropy and token count of a validation batch."""
   logits, _ = _forward(state.params, state.batch_stats, batch, None, model=model, train=False)
-  weights = (batch['targets'] > 0).astype(jnp.float32)
-  loss, count = losses.cross_entropy(logits, batch['targets'], weights, 0.0)
+  loss, count = losses.cross_entropy(logits, batch['targets'], 0.0)
   return {'loss': lax.psum(loss, AXIS), 'tokens': lax.psum(count, AXIS)}
 
 

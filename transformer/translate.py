@@ -86,8 +86,11 @@ class Translator:
                            self._model.config.max_len)
       per_device = functools.partial(_decode_batch, model=self._model, search=search,
                                      max_decode_len=max_decode_len)
+      # Decoding has no collectives; check_vma=False lets the search's while_loop start
+      # from unvarying zeros and carry per-device values without pcasts in decoding.py.
       self._compiled[key] = jax.jit(jax.shard_map(
-          per_device, mesh=self._mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS)))
+          per_device, mesh=self._mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
+          check_vma=False))
     return self._compiled[key]
 
   def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:

@@ -1,0 +1,198 @@
+"""Packed batches: shape, contents, efficiency, determinism, resumption and sharding."""
+
+import collections
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from transformer import input_pipeline
+
+
+def unpack(batch):
+  """Returns the (inputs, targets) token tuples packed into `batch`, checking the metadata."""
+  pairs = []
+  for row in range(batch['inputs'].shape[0]):
+    sides = {}
+    for side in ('inputs', 'targets'):
+      tokens = batch[side][row]
+      segmentation = batch[f'{side}_segmentation'][row]
+      position = batch[f'{side}_position'][row]
+      used = segmentation > 0
+      count = int(used.sum())
+      assert used[:count].all() and not used[count:].any()  # Sentences first, then padding.
+      assert not tokens[count:].any() and not position[count:].any()
+      assert (np.diff(segmentation[:count]) >= 0).all()
+      sentences = []
+      for segment in range(1, segmentation.max() + 1):
+        where = segmentation == segment
+        np.testing.assert_array_equal(position[where], np.arange(where.sum()))
+        sentence = tokens[where]
+        assert sentence[-1] == 1 and not (sentence[:-1] == 1).any()  # One eos, at the end.
+        sentences.append(tuple(sentence.tolist()))
+      sides[side] = sentences
+    assert len(sides['inputs']) == len(sides['targets'])
+    pairs += zip(sides['inputs'], sides['targets'])
+  return pairs
+
+
+def tokenized(pairs, tokenizer):
+  return [(tuple(e['inputs'].tolist()), tuple(e['targets'].tolist()))
+          for e in input_pipeline.tokenize_pairs(pairs, tokenizer)]
+
+
+@pytest.fixture
+def tiny(bible_config, bible_tokenizer, monkeypatch):
+  """The small config over the first 60 Bible training pairs, so an epoch is a few batches."""
+  pairs = input_pipeline.load_pairs(bible_config, 'train')[:60]
+  monkeypatch.setattr(input_pipeline, 'load_pairs', lambda config, split: pairs)
+  config = bible_config.copy_and_resolve_references()
+  config.batch_size = 4
+  config.max_length = 64
+  return config, bible_tokenizer, tokenized(pairs, bible_tokenizer)
+
+
+def fitting(pairs, length):
+  return {p for p in pairs if max(map(len, p)) <= length}
+
+
+def cut(pairs, length):
+  """The evaluation pipeline's truncation: keep length - 1 tokens, then eos."""
+  def one(tokens):
+    return tokens if len(tokens) <= length else tokens[:length - 1] + (1,)
+  return [(one(s), one(t)) for s, t in pairs]
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_train_batches_real_bible(bible_config, bible_tokenizer):
+  """One shape, metadata consistent with the tokenized pairs, and the packing efficiency."""
+  iterator = input_pipeline.make_train_iterator(bible_config, bible_tokenizer)
+  batches = take(iterator, 30)
+  shape = (bible_config.batch_size, bible_config.max_length)
+  assert {(k, v.shape, v.dtype) for b in batches for k, v in b.items()} == {
+      (k, shape, np.dtype(np.int32)) for k in input_pipeline.FEATURES}
+  known = collections.Counter(
+      tokenized(input_pipeline.load_pairs(bible_config, 'train'), bible_tokenizer))
+  packed = collections.Counter(pair for batch in batches for pair in unpack(batch))
+  # Well within the first epoch, so no pair comes more often than the corpus has it (some
+  # verses, e.g. the offerings of Numbers 7, are repeated word for word in the Bible).
+  assert not packed - known
+  targets = np.mean([(b['targets_segmentation'] > 0).mean() for b in batches])
+  inputs = np.mean([(b['inputs_segmentation'] > 0).mean() for b in batches])
+  # French takes 1/0.892 times the tokens of English here, so the inputs fill first and the
+  # targets can reach at most ~0.89 of their positions.
+  assert inputs >= 0.95
+  assert targets >= 0.84
+  assert (inputs + targets) / 2 >= 0.9
+
+
+def test_train_is_deterministic_and_endless(tiny):
+  config, tokenizer, pairs = tiny
+  first = take(input_pipeline.make_train_iterator(config, tokenizer), 40)
+  second = take(input_pipeline.make_train_iterator(config, tokenizer), 40)
+  assert_same(first, second)
+  seen = collections.Counter(p for b in first for p in unpack(b))
+  assert set(seen) == fitting(pairs, 64)  # 40 batches are several epochs of 60 pairs.
+  assert min(seen.values()) >= 2
+  config.shuffle_buffer_seed_offset = 1
+  other = take(input_pipeline.make_train_iterator(config, tokenizer), 40)
+  assert not np.array_equal(first[0]['targets'], other[0]['targets'])
+
+
+def test_each_epoch_is_reshuffled(tiny):
+  config, tokenizer, _ = tiny
+  order = [p for b in take(input_pipeline.make_train_iterator(config, tokenizer), 40)
+           for p in unpack(b)]
+  assert order[:30] != order[60:90]
+
+
+def test_resume_from_state_equals_unbroken(tiny):
+  config, tokenizer, _ = tiny
+  unbroken = input_pipeline.make_train_iterator(config, tokenizer)
+  take(unbroken, 7)
+  state = unbroken.get_state()
+  expected = take(unbroken, 12)  # Crosses epoch boundaries.
+  resumed = input_pipeline.make_train_iterator(config, tokenizer)
+  resumed.set_state(state)
+  assert_same(take(resumed, 12), expected)
+
+
+def test_resume_through_orbax(tiny, tmp_path):
+  config, tokenizer, _ = tiny
+  unbroken = input_pipeline.make_train_iterator(config, tokenizer)
+  take(unbroken, 5)
+  with ocp.CheckpointManager(tmp_path / 'ckpt', item_names=('data',)) as manager:
+    manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(unbroken)))
+    manager.wait_until_finished()
+  expected = take(unbroken, 6)
+  resumed = input_pipeline.make_train_iterator(config, tokenizer)
+  with ocp.CheckpointManager(tmp_path / 'ckpt', item_names=('data',)) as manager:
+    manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  assert_same(take(resumed, 6), expected)
+
+
+def test_train_shards_are_disjoint_and_cover(tiny):
+  config, tokenizer, pairs = tiny
+  shards = []
+  for index in range(2):
+    iterator = input_pipeline.make_train_iterator(
+        config, tokenizer, process_index=index, process_count=2)
+    batches = take(iterator, 30)
+    assert batches[0]['inputs'].shape == (2, config.max_length)
+    shards.append({p for b in batches for p in unpack(b)})
+  assert not shards[0] & shards[1]
+  assert shards[0] | shards[1] == fitting(pairs, 64)
+
+
+def test_too_long_training_pairs_are_skipped(tiny):
+  config, tokenizer, pairs = tiny
+  config.max_length = 24
+  batches = take(input_pipeline.make_train_iterator(config, tokenizer), 30)
+  fitting = {p for p in pairs if max(map(len, p)) <= 24}
+  assert 0 < len(fitting) < len(pairs)
+  assert {p for b in batches for p in unpack(b)} == fitting
+
+
+def test_eval_one_pass_in_order_with_padding(tiny):
+  config, tokenizer, pairs = tiny
+  batches = list(input_pipeline.make_eval_iterator(config, tokenizer, 'validation'))
+  assert {v.shape for b in batches for v in b.values()} == {(4, 64)}
+  # Each pair once (best-fit packing places them in rows out of corpus order).
+  assert sorted(p for b in batches for p in unpack(b)) == sorted(cut(pairs, 64))
+  again = list(input_pipeline.make_eval_iterator(config, tokenizer, 'validation'))
+  assert_same(batches, again)
+
+
+def test_eval_truncates_long_pairs(tiny):
+  config, tokenizer, pairs = tiny
+  config.max_length = 24
+  batches = list(input_pipeline.make_eval_iterator(config, tokenizer, 'validation'))
+  assert sorted(p for b in batches for p in unpack(b)) == sorted(cut(pairs, 24))
+
+
+def test_eval_shards_cover_with_equal_batch_counts(tiny):
+  config, tokenizer, pairs = tiny
+  shards = [list(input_pipeline.make_eval_iterator(
+      config, tokenizer, 'test', process_index=i, process_count=4)) for i in range(4)]
+  assert len({len(s) for s in shards}) == 1
+  assert {v.shape for s in shards for b in s for v in b.values()} == {(1, 64)}
+  unpacked = [p for s in shards for b in s for p in unpack(b)]
+  assert sorted(unpacked) == sorted(cut(pairs, 64))
+
+
+def test_batch_size_must_divide(tiny):
+  config, tokenizer, _ = tiny
+  with pytest.raises(ValueError, match='not divisible'):
+    input_pipeline.make_train_iterator(config, tokenizer, process_count=3)
