@@ -84,6 +84,6 @@ def bible_config(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def bible_tokenizer(bible_config):
-  """The real 8k vocabulary of the small config (about 8 s to train)."""
+  """The real 4k vocabulary of the small config (a few seconds to train)."""
   from transformer import tokenizer  # pylint: disable=g-import-not-at-top
   return tokenizer.load_or_train(bible_config)

@@ -25,12 +25,12 @@ def iwslt_config(tmp_path):
 
 def test_ids_and_round_trip(bible_tokenizer):
   tok = bible_tokenizer
-  assert (tok.vocab_size, tok.pad_id, tok.eos_id) == (8_000, 0, 1)
+  assert (tok.vocab_size, tok.pad_id, tok.eos_id) == (4_000, 0, 1)
   assert tok.processor.id_to_piece([0, 1, 2]) == ['<pad>', '</s>', '<unk>']
   assert tok.processor.bos_id() == -1
   text = "Au commencement, Dieu créa les cieux et la terre. God's Spirit"
   ids = tok.encode(text)
-  assert ids and all(3 <= i < 8_000 for i in ids)  # No eos, pad or unk in known text.
+  assert ids and all(3 <= i < 4_000 for i in ids)  # No eos, pad or unk in known text.
   assert tok.decode(ids) == text
   assert tok.decode(ids + [1] + tok.encode('after eos')) == text
   assert tok.decode([0] + ids[:2] + [0] + ids[2:] + [0, 0]) == text

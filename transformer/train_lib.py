@@ -266,6 +266,18 @@ class _PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops orbax's INFO lines (a dozen per checkpoint save) so the run's own log is readable."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps warnings and errors of every library, and the INFO lines of everything but orbax."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 class NonFiniteLossError(RuntimeError):
   """Too many consecutive steps with NaN/Inf loss or gradients."""
 
