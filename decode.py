@@ -1,7 +1,10 @@
 """Translates with a trained workdir: `python decode.py --workdir=DIR --split=test`.
 
 Or `--input=FILE` (`-` for stdin) with optional `--reference=FILE` (repeatable) to score.
-BLEU and chrF are sacreBLEU's, printed with their signatures.
+BLEU and chrF are sacreBLEU's, printed to stderr as `sacrebleu -f text` prints them.
+`--attention_dir=DIR --attention_sentence=TEXT` draws that sentence's attention maps;
+`--cache_report` prints the KV-cache bytes of each decoded batch shape (of every bucket
+when nothing is decoded).
 """
 
 import sys
@@ -19,19 +22,45 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Where translations go (default: s
 _REFERENCE = flags.DEFINE_multi_string('reference', [], 'Reference file(s) to score against.')
 _BEAM_SIZE = flags.DEFINE_integer('beam_size', None, "Beam width (1 = greedy); default: config's.")
 _LENGTH_PENALTY = flags.DEFINE_float('length_penalty', None, 'GNMT length penalty alpha.')
+_MAX_DECODE_LEN = flags.DEFINE_integer(
+    'max_decode_len', None, 'Output tokens cap (eos included); replaces the ratio/offset rule.')
+_ATTENTION_DIR = flags.DEFINE_string(
+    'attention_dir', None, 'Write PNG attention maps of --attention_sentence here.')
+_ATTENTION_SENTENCE = flags.DEFINE_string(
+    'attention_sentence', None, 'The source sentence whose attention is drawn.')
+_CACHE_REPORT = flags.DEFINE_bool('cache_report', False, 'Print the KV-cache bytes.')
 flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  result = decode_lib.decode(
-      _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value, input_path=_INPUT.value,
-      output_path=_OUTPUT.value, reference_paths=_REFERENCE.value, beam_size=_BEAM_SIZE.value,
-      length_penalty=_LENGTH_PENALTY.value)
-  if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
-    for name in ('bleu', 'chrf'):
-      print(result[f'{name}_text'], result[f'{name}_signature'], sep='\n  ', file=sys.stderr)
+  if (_ATTENTION_DIR.value is None) != (_ATTENTION_SENTENCE.value is None):
+    raise app.UsageError('--attention_dir and --attention_sentence go together.')
+  translating = _SPLIT.value is not None or _INPUT.value is not None
+  if not (translating or _ATTENTION_DIR.value or _CACHE_REPORT.value):
+    raise app.UsageError('Give --split or --input (or --attention_dir, --cache_report).')
+  if _ATTENTION_DIR.value:
+    decode_lib.write_attention_maps(
+        _WORKDIR.value, _ATTENTION_SENTENCE.value, _ATTENTION_DIR.value,
+        checkpoint=_CHECKPOINT.value, max_decode_len=_MAX_DECODE_LEN.value)
+  if translating:
+    result = decode_lib.decode(
+        _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
+        input_path=_INPUT.value, output_path=_OUTPUT.value, reference_paths=_REFERENCE.value,
+        beam_size=_BEAM_SIZE.value, length_penalty=_LENGTH_PENALTY.value,
+        max_decode_len=_MAX_DECODE_LEN.value)
+    if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
+      print(*decode_lib.score_lines(result), sep='\n', file=sys.stderr)
+    cache = result['cache']
+  elif _CACHE_REPORT.value:
+    cache = decode_lib.cache_table(_WORKDIR.value, beam_size=_BEAM_SIZE.value,
+                                   max_decode_len=_MAX_DECODE_LEN.value)
+  if _CACHE_REPORT.value:
+    for row in cache:
+      print('KV cache: batch {batch} x beam {beam}, source {source_len}, decoded '
+            '{max_decode_len}: {bytes:,} bytes ({mib:.2f} MiB)'.format(
+                **row, mib=row['bytes'] / 2**20), file=sys.stderr)
 
 
 if __name__ == '__main__':

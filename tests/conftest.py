@@ -1,7 +1,12 @@
-"""Shared fixtures: a small IWSLT-layout archive made from the real tst2016 files."""
+"""Shared fixtures: the Bible prepared once, a small IWSLT-layout archive from real files."""
 
 import io
 import os
+
+# Two CPU devices for the whole session (set before anything imports jax), so that the
+# data-parallel code paths run in every test, and one-vs-two-device equivalence can be checked.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=2').strip()
 import pathlib
 import re
 import tarfile

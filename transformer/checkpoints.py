@@ -9,11 +9,13 @@ the fields, instead of an orbax shape error or, worse, a silent mismatch.
 
 import json
 import os
+import time
 from typing import Any, Optional
 
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -76,13 +78,21 @@ def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     os.replace(tmp, path)
 
 
+def _gist(error: Exception) -> str:
+  """An error on one line, short enough for a log: tensorstore's run to kilobytes."""
+  text = ' '.join(str(error).split()).split(' [tensorstore_spec')[0]
+  text = f'{type(error).__name__}: {text}'
+  return text if len(text) <= 400 else f'{text[:150]} ... {text[-250:]}'
+
+
 class Checkpointer:
   """The latest checkpoints (with data state) and the best one by validation BLEU."""
 
   def __init__(self, workdir: str, *, max_to_keep: int):
     workdir = os.path.abspath(workdir)
+    self._directory = os.path.join(workdir, 'checkpoints')
     self._latest = ocp.CheckpointManager(
-        os.path.join(workdir, 'checkpoints'),
+        self._directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
         item_names=('state', 'data'),
@@ -107,15 +117,46 @@ class Checkpointer:
                     metrics={'bleu': float(bleu)})
 
   def restore(self, abstract_state: Any, data_iterator: Any) -> Any:
-    """Restores the latest state (and the iterator, in place); None on a fresh workdir."""
-    step = self._latest.latest_step()
-    if step is None:
-      return None
-    restored = self._latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    logging.info('Resumed from the checkpoint of step %d.', step)
-    return restored.state
+    """Restores the newest readable state (and the iterator, in place); None if there is none.
+
+    A checkpoint that fails to restore (a file truncated, or lost with a disk) is skipped
+    with a warning and the one before it is used: the run loses the steps since then instead
+    of not starting. Skipped ones are moved to `corrupt_checkpoints/`, which frees their step
+    numbers for new saves. If none restores, nothing is moved and the error names them all:
+    then the cause is more likely the code than the files.
+    """
+    failures = []
+    for step in sorted(self._latest.all_steps(), reverse=True):
+      try:
+        restored = self._latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        failures.append((step, _gist(e)))
+        logging.warning('The checkpoint of step %d cannot be restored (%s); trying the one '
+                        'before.', step, failures[-1][1])
+        continue
+      for bad_step, _ in failures:
+        self._set_aside(bad_step)
+      logging.info('Resumed from the checkpoint of step %d.', step)
+      return restored.state
+    if failures:
+      raise RuntimeError(f'No checkpoint in {self._directory} can be restored:\n  ' +
+                         '\n  '.join(f'step {step}: {why}' for step, why in failures))
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    """Moves an unreadable checkpoint out of the manager's way, keeping it for inspection."""
+    corrupt = os.path.join(os.path.dirname(self._directory), 'corrupt_checkpoints', str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(corrupt), exist_ok=True)
+      if os.path.exists(corrupt):
+        corrupt += f'.{time.time_ns()}'
+      os.replace(os.path.join(self._directory, str(step)), corrupt)
+      logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, corrupt)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set_aside_checkpoint_{step}')
+    self._latest.reload()
 
   def wait_until_finished(self) -> None:
     self._latest.wait_until_finished()

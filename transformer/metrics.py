@@ -42,9 +42,14 @@ class MetricWriter:
     if not enabled:
       return
     self._path = os.path.join(workdir, METRICS_FILE)
-    kept = [row for row in read_metrics(workdir) if row['step'] <= resume_step]
-    with open(self._path, 'w') as f:  # Forget what a killed run wrote after its checkpoint.
+    # A fresh start (resume_step 0) writes its own step-0 rows: keep none of an earlier try's.
+    kept = [row for row in read_metrics(workdir) if row['step'] <= resume_step] if (
+        resume_step) else []
+    # Forget what a killed run wrote after its checkpoint; by rename, so that a kill while
+    # rewriting cannot lose the rows before it.
+    with open(self._path + '.tmp', 'w') as f:
       f.writelines(json.dumps(row) + '\n' for row in kept)
+    os.replace(self._path + '.tmp', self._path)
     self._tensorboard = tensorboardX.SummaryWriter(
         os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
 

@@ -7,12 +7,12 @@ peak = d_model**-0.5 * warmup**-0.5. The alternatives warm up linearly, then dec
 at `num_train_steps` (cosine or linearly): a short run must end at a small rate.
 """
 
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from transformer import losses
 
 SCHEDULES = ('rsqrt', 'cosine', 'linear')
 
@@ -44,21 +44,12 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return lambda count: decay(count + 1)
 
 
-def decay_mask(params: Any) -> Any:
-  """True for weight matrices, False for biases, norm gains and residual gates.
-
-  Decoupled weight decay shrinks the weights that transform activations; decaying a
-  LayerNorm gain or ReZero's gate would fight the normalization under study.
-  """
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam (or AdamW when weight_decay > 0), with optional global-norm clipping."""
   schedule = make_schedule(config)
   if config.weight_decay > 0:
     opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                      weight_decay=config.weight_decay, mask=decay_mask)
+                      weight_decay=config.weight_decay, mask=losses.weight_decay_mask)
   else:
     opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm > 0:

@@ -100,14 +100,23 @@ def _layer_sort_key(layer: str):
 
 def plot_attention(weights: np.ndarray, x_tokens: Sequence[str], y_tokens: Sequence[str],
                    path: str, *, title: str) -> str:
-  """A heatmap of attention weights [queries, keys] with the tokens on the axes."""
-  fig, ax = plt.subplots(figsize=(0.35 * len(x_tokens) + 2, 0.35 * len(y_tokens) + 1.5))
-  ax.imshow(weights, cmap='viridis', vmin=0.0, aspect='auto')
+  """A heatmap of attention weights [queries, keys] with the tokens on the axes.
+
+  The colour scale is fixed to [0, 1], so maps of different heads can be compared by eye.
+  """
+  weights = np.asarray(weights)
+  if weights.shape != (len(y_tokens), len(x_tokens)):
+    raise ValueError(f'weights {weights.shape} do not match {len(y_tokens)} query and '
+                     f'{len(x_tokens)} key tokens.')
+  fig, ax = plt.subplots(figsize=(0.35 * len(x_tokens) + 3, 0.35 * len(y_tokens) + 2))
+  image = ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=1.0, aspect='auto')
+  fig.colorbar(image, ax=ax, fraction=0.04)
   ax.set_xticks(range(len(x_tokens)))
   ax.set_xticklabels(x_tokens, rotation=90, fontsize=7)
   ax.set_yticks(range(len(y_tokens)))
   ax.set_yticklabels(y_tokens, fontsize=7)
-  ax.set(title=title, xlabel='attended (keys)', ylabel='attending (queries)')
+  ax.set_title(title, fontsize=8)
+  ax.set(xlabel='attended (keys)', ylabel='attending (queries)')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import signal
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -144,7 +145,9 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
     return loss / num_tokens, updates
 
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  loss, grads = lax.psum((loss, grads), AXIS)
+  # The params are replicated (P()), so shard_map's transpose already psums their gradient
+  # over the axis; a second psum would scale it by the device count.
+  loss = lax.psum(loss, AXIS)
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
   param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, param_updates)
@@ -204,8 +207,7 @@ def diagnostics_step(state: TrainState, batch: Batch, *, model, config) -> dict:
                              config=config, intermediates=True)
     return loss / num_tokens, updates
 
-  (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = lax.psum(grads, AXIS)
+  (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)  # Summed.
   out = {f'grad_norm/{k}': v for k, v in per_layer_norms(grads).items()}
   for path, value in jax.tree_util.tree_leaves_with_path(updates.get('intermediates', {})):
     name = '/'.join(getattr(k, 'key', str(k)) for k in path[:-1])
@@ -286,16 +288,17 @@ def _check_workdir(workdir: str) -> None:
   """Fails before any work if the workdir cannot hold checkpoints."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'wb') as f:
+    # A name of its own: the processes of a multi-process run probe the same folder.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test') as f:
       f.write(b'\0' * 1024)
-    os.remove(probe)
+      f.flush()
   except OSError as e:
     raise OSError(f'Cannot write to workdir {workdir!r}: {e}') from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns last metrics."""
+  make_model(config)  # A bad model field fails here, before config.json claims the workdir.
   _check_workdir(workdir)
   checkpoints.check_or_save_config(workdir, config)
   mesh = make_mesh()

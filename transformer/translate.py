@@ -34,6 +34,8 @@ class SearchConfig:
   length_penalty: float = 0.6
   length_ratio: float = 1.5  # Max output tokens = ratio * source tokens + offset.
   length_offset: int = 10
+  # An absolute cap on output tokens (eos included) that replaces the ratio/offset rule.
+  max_decode_len: Optional[int] = None
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, beam_size: Optional[int] = None):
@@ -79,11 +81,30 @@ class Translator:
     self._compiled = {}
     self.num_truncated = 0
 
+  @property
+  def batch_size(self) -> int:
+    return self._batch_size
+
+  @property
+  def decode_shapes(self) -> list[tuple[SearchConfig, int, int]]:
+    """(search, source bucket, max_decode_len) of every program compiled so far."""
+    return [(search, source_len, self.max_decode_len(search, source_len))
+            for search, source_len in self._compiled]
+
+  def max_decode_len(self, search: SearchConfig, source_len: int) -> int:
+    """Output positions of a bucket: the ratio/offset rule or the absolute cap, <= max_len."""
+    max_len = self._model.config.max_len
+    if search.max_decode_len is not None:
+      if not 0 < search.max_decode_len <= max_len:
+        raise ValueError(f'max_decode_len={search.max_decode_len} must be in [1, {max_len}] '
+                         "(the model's max_len).")
+      return search.max_decode_len
+    return min(math.ceil(search.length_ratio * source_len + search.length_offset), max_len)
+
   def _decode_fn(self, search: SearchConfig, source_len: int):
     key = (search, source_len)
     if key not in self._compiled:
-      max_decode_len = min(math.ceil(search.length_ratio * source_len + search.length_offset),
-                           self._model.config.max_len)
+      max_decode_len = self.max_decode_len(search, source_len)
       per_device = functools.partial(_decode_batch, model=self._model, search=search,
                                      max_decode_len=max_decode_len)
       # Decoding has no collectives; check_vma=False lets the search's while_loop start
@@ -93,15 +114,21 @@ class Translator:
           check_vma=False))
     return self._compiled[key]
 
-  def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
-    """Source token ids (with eos); too long a sentence is cut with a warning."""
+  def encode_sources(self, sentences: Sequence[str],
+                     line_numbers: Optional[Sequence[int]] = None) -> list[list[int]]:
+    """Source token ids (with eos); too long a sentence is cut with a warning.
+
+    `line_numbers` (1-based, default 1, 2, ...) name the input lines in that warning.
+    """
     max_len = self._model.config.max_len
+    if line_numbers is None:
+      line_numbers = range(1, len(sentences) + 1)
     encoded = []
-    for index, sentence in enumerate(sentences):
+    for line, sentence in zip(line_numbers, sentences):
       ids = self._tokenizer.encode(sentence) + [self._tokenizer.eos_id]
       if len(ids) > max_len:
         logging.warning('Input line %d has %d tokens; the model reads at most %d: truncated.',
-                        index + 1, len(ids), max_len)
+                        line, len(ids), max_len)
         self.num_truncated += 1
         ids = ids[:max_len - 1] + [self._tokenizer.eos_id]
       encoded.append(ids)
@@ -140,8 +167,8 @@ class Translator:
   def translate(self, variables, sentences: Sequence[str], search: SearchConfig) -> list[str]:
     """Detokenized translations; an empty input line gives an empty output line."""
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
-    ids = self.translate_ids(variables, self.encode_sources([sentences[i] for i in nonempty]),
-                             search)
+    sources = self.encode_sources([sentences[i] for i in nonempty], [i + 1 for i in nonempty])
+    ids = self.translate_ids(variables, sources, search)
     out = [''] * len(sentences)
     for i, output in zip(nonempty, ids):
       out[i] = self._tokenizer.decode(output)
@@ -163,10 +190,13 @@ def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_
   """One device's batch: encode once, then greedy or beam search over the KV cache."""
   batch_size = inputs.shape[0]
   cache = model.apply(variables, inputs, max_decode_len, method=model.init_cache)
-  source_lengths = jnp.sum(inputs > 0, axis=1)
-  max_lengths = jnp.minimum(
-      jnp.ceil(search.length_ratio * source_lengths + search.length_offset).astype(jnp.int32),
-      max_decode_len)
+  if search.max_decode_len is None:
+    source_lengths = jnp.sum(inputs > 0, axis=1)
+    max_lengths = jnp.minimum(
+        jnp.ceil(search.length_ratio * source_lengths + search.length_offset).astype(jnp.int32),
+        max_decode_len)
+  else:  # The cap replaces the per-sentence rule: every sentence gets max_decode_len.
+    max_lengths = None
 
   def step_fn(tokens, cache):
     return model.apply(variables, cache, tokens, method=model.decode_step)

@@ -1,0 +1,249 @@
+"""The catalog of bad inputs to training: each fails early, says what is wrong, loses nothing.
+
+Entries tested elsewhere: a missing IWSLT archive (test_datasets.py,
+test_iwslt_missing_archive_says_what_to_put_where), a vocabulary of another corpus
+(test_tokenizer.py, test_model_for_other_data_is_an_error), a single NaN step skipped and
+counted (test_train.py, test_nonfinite_step_is_skipped_and_counted), and the decode-side
+entries, empty, non-UTF-8 or over-long input (test_decode.py).
+"""
+
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import base
+from transformer import metrics as metrics_lib
+from transformer import study
+from transformer import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+# A 1+1-layer, 16-wide model, a checkpoint every 2 steps, all kept: seconds a run.
+TINY = {
+    'num_train_steps': STEPS, 'batch_size': 4, 'max_length': 32, 'model.emb_dim': 16,
+    'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1,
+    'eval_every_steps': 0, 'checkpoint_every_steps': 2, 'max_checkpoints_to_keep': 10,
+    'diagnostics_every_steps': 0, 'log_every_steps': 1,
+}
+
+
+def tiny(data_dir, **overrides):
+  """The small config with TINY and `overrides` ('model.norm' style keys) applied."""
+  config = base.get_config('small')
+  config.data_dir = data_dir
+  for key, value in {**TINY, **overrides}.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def train_command(workdir, data_dir, *extra):
+  return [sys.executable, os.path.join(ROOT, 'train.py'),
+          f'--config={ROOT}/configs/baseline.py:small', f'--workdir={workdir}',
+          f'--config.data_dir={data_dir}'] + [
+              f'--config.{k}={v}' for k, v in TINY.items()] + list(extra)
+
+
+def restore(workdir, step=None):
+  """(step, raw TrainState) of a checkpoint, the latest by default."""
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state',),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    step = manager.latest_step() if step is None else step
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, state.state
+
+
+def metric_rows(workdir):
+  """metrics.jsonl less the wall-clock keys, which no two runs share."""
+  rows = [{k: v for k, v in row.items() if not k.startswith(metrics_lib.WALL_CLOCK_PREFIX)}
+          for row in metrics_lib.read_metrics(workdir)]
+  return [row for row in rows if len(row) > 1]
+
+
+def snapshot(workdir):
+  """Every file under `workdir` with its bytes: to show that a failed start changed nothing."""
+  files = {}
+  for path in sorted(glob.glob(os.path.join(workdir, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
+def assert_same_run(workdir_a, workdir_b):
+  step_a, state_a = restore(workdir_a)
+  step_b, state_b = restore(workdir_b)
+  assert step_a == step_b == STEPS
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # Bit for bit.
+  assert metric_rows(workdir_a) == metric_rows(workdir_b)
+
+
+@pytest.fixture(scope='module')
+def unbroken(bible_config, bible_tokenizer, tmp_path_factory):
+  """A tiny run of STEPS steps, never interrupted: the reference for resumed ones."""
+  del bible_tokenizer  # Trained into data_dir before any run needs it.
+  workdir = os.fspath(tmp_path_factory.mktemp('unbroken'))
+  train_lib.train_and_evaluate(tiny(bible_config.data_dir), workdir)
+  return workdir
+
+
+def test_unknown_config_field_is_named_before_anything_runs(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'train.py'),
+       f'--config={ROOT}/configs/baseline.py:small', f'--workdir={workdir}',
+       '--config.model.emb_dimm=3'],
+      capture_output=True, text=True, timeout=120, check=False,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode != 0
+  assert ("--config.model.emb_dimm=3: the config has no field 'emb_dimm' (did you mean "
+          "'emb_dim'?)") in result.stderr
+  assert not workdir.exists()
+
+
+def test_unknown_norm_fails_before_the_workdir_is_claimed(bible_config, tmp_path):
+  """A typo must not leave a config.json that would refuse the corrected rerun."""
+  config = tiny(bible_config.data_dir, **{'model.norm': 'group_norm'})
+  with pytest.raises(ValueError, match=r"Unknown norm 'group_norm'; expected one of .*'layer_norm'"):
+    train_lib.train_and_evaluate(config, os.fspath(tmp_path))
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_unknown_variant_lists_the_known_ones():
+  with pytest.raises(ValueError, match=r"Unknown variant 'pre_norm'; configs/ has: .*pre_ln"):
+    study.load_variant('pre_norm', 'small')
+
+
+def test_unwritable_workdir_fails_before_training(bible_config, tmp_path, monkeypatch):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a folder')
+  monkeypatch.setattr(train_lib.input_pipeline, 'prepare', lambda config: pytest.fail(
+      'reached the data pipeline'))
+  with pytest.raises(OSError, match=r"Cannot write to workdir '.*a_file/run'"):
+    train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(blocker / 'run'))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes through chmod 500')
+def test_read_only_workdir_fails_before_training(bible_config, tmp_path, monkeypatch):
+  tmp_path.chmod(0o500)
+  monkeypatch.setattr(train_lib.input_pipeline, 'prepare', lambda config: pytest.fail(
+      'reached the data pipeline'))
+  try:
+    with pytest.raises(OSError, match='Cannot write to workdir'):
+      train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
+  finally:
+    tmp_path.chmod(0o700)
+
+
+def test_checkpoint_of_another_model_shape_is_refused_and_kept(unbroken, tmp_path):
+  workdir = os.fspath(tmp_path / 'run')
+  shutil.copytree(unbroken, workdir)
+  before = snapshot(workdir)
+  config = tiny(train_lib.checkpoints.load_config(workdir).data_dir, **{'model.emb_dim': 32})
+  with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
+    train_lib.train_and_evaluate(config, workdir)
+  assert snapshot(workdir) == before
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(unbroken, tmp_path, caplog):
+  """A truncated array file in the newest checkpoint: resume from the one before, warn."""
+  workdir = os.fspath(tmp_path / 'run')
+  shutil.copytree(unbroken, workdir)
+  for path in glob.glob(os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'd', '*')):
+    os.truncate(path, 10)
+  config = train_lib.checkpoints.load_config(workdir)
+  with caplog.at_level(logging.WARNING):
+    train_lib.train_and_evaluate(config, workdir)
+  warnings = '\n'.join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+  assert f'The checkpoint of step {STEPS} cannot be restored (ValueError: ' in warnings
+  assert 'is not valid for value of size 10' in warnings  # What was wrong, as tensorstore says.
+  assert os.path.isdir(os.path.join(workdir, 'corrupt_checkpoints', str(STEPS)))
+  assert_same_run(unbroken, workdir)  # Steps STEPS-1 and STEPS retrained from STEPS-2.
+
+
+def test_unreadable_checkpoints_are_an_error_that_moves_nothing(unbroken, tmp_path):
+  workdir = os.fspath(tmp_path / 'run')
+  shutil.copytree(unbroken, workdir)
+  for path in glob.glob(os.path.join(workdir, 'checkpoints', '*', 'data', '*.json')):
+    os.remove(path)
+  with pytest.raises(RuntimeError, match=r'No checkpoint .* can be restored:\n  step 8: .*'
+                     r'process_0-of-1\.json does not exist'):
+    train_lib.train_and_evaluate(train_lib.checkpoints.load_config(workdir), workdir)
+  assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
+
+
+def test_nan_losses_stop_the_run_with_the_last_checkpoint_intact(bible_config, tmp_path,
+                                                                  monkeypatch):
+  """Steps 3, 4, 5 have a NaN loss: skipped and counted, then a stop at the limit of 3."""
+  poison = -7  # No token has this id; a batch starting with it gets a NaN loss.
+  real_loss_sum, real_shard_batch = train_lib.loss_sum, train_lib.shard_batch
+  batches = []
+
+  def poisoned_loss_sum(params, batch_stats, batch, rng, **kwargs):
+    loss, updates = real_loss_sum(params, batch_stats, batch, rng, **kwargs)
+    return jax.numpy.where(batch['inputs'][0, 0] == poison, jax.numpy.nan, loss), updates
+
+  def shard_batch(batch, mesh):
+    batches.append(batch)
+    if len(batches) >= 3:
+      batch = {**batch, 'inputs': batch['inputs'].copy()}
+      batch['inputs'][0, 0] = poison
+    return real_shard_batch(batch, mesh)
+
+  monkeypatch.setattr(train_lib, 'loss_sum', poisoned_loss_sum)
+  monkeypatch.setattr(train_lib, 'shard_batch', shard_batch)
+  config = tiny(bible_config.data_dir, max_nonfinite_steps=3)
+  workdir = os.fspath(tmp_path)
+  with pytest.raises(train_lib.NonFiniteLossError,
+                     match=r'3 consecutive steps .* max_nonfinite_steps=3.* checkpoint \(step 4\) '
+                     'is intact'):
+    train_lib.train_and_evaluate(config, workdir)
+  losses = {row['step']: row['train/loss'] for row in metric_rows(workdir) if 'train/loss' in row}
+  assert sorted(losses) == [1, 2, 3, 4, 5]
+  assert np.isfinite([losses[1], losses[2]]).all() and np.isnan([losses[3], losses[4],
+                                                                  losses[5]]).all()
+  step, state = restore(workdir)
+  _, good = restore(workdir, 2)
+  assert step == 4
+  assert (int(state['nonfinite_total']), int(state['nonfinite_streak'])) == (2, 2)
+  jax.tree.map(np.testing.assert_array_equal, state['params'], good['params'])
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
+  workdir = os.fspath(tmp_path / 'run')
+  data_dir = train_lib.checkpoints.load_config(unbroken).data_dir
+  # Checkpoints only at the end: the one found after SIGTERM is the handler's.
+  log_path = tmp_path / 'train.log'
+  with open(log_path, 'w') as log:  # Not a pipe: orbax logs enough to fill one and block.
+    process = subprocess.Popen(
+        train_command(workdir, data_dir, f'--config.checkpoint_every_steps={STEPS}'),
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  deadline = time.monotonic() + 300
+  while process.poll() is None and time.monotonic() < deadline:
+    if any('train/loss' in row for row in metrics_lib.read_metrics(workdir)):
+      process.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.005)
+  process.wait(timeout=300)
+  log = log_path.read_text()
+  assert process.returncode == 0, log[-3000:]
+  assert 'SIGTERM received: saving a checkpoint and exiting.' in log
+  step, _ = restore(workdir)
+  assert 0 < step < STEPS  # Stopped mid-run ...
+  assert max(row['step'] for row in metric_rows(workdir)) == step  # ... with its rows written.
+  train_lib.train_and_evaluate(train_lib.checkpoints.load_config(workdir), workdir)
+  assert_same_run(unbroken, workdir)

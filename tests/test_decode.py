@@ -1,0 +1,241 @@
+"""decode.py end to end on a tiny trained workdir: order, edge cases, scores, search, maps."""
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import attention_maps
+from transformer import decode_lib
+from transformer import translate
+
+ROOT = pathlib.Path(__file__).parent.parent
+MAX_LEN = 48  # The tiny model's max_len: buckets 16, 32 and 48.
+SHORT = 'Dieu dit.'
+MEDIUM = 'Au commencement, Dieu créa les cieux et la terre.'
+MIDDLE = "Dieu vit que la lumière était bonne; et Dieu sépara la lumière d'avec les ténèbres."
+LONG = ('La terre était informe et vide: il y avait des ténèbres à la surface de '
+        "l'abîme, et l'esprit de Dieu se mouvait au-dessus des eaux.")
+
+
+@pytest.fixture(scope='session')
+def workdir(bible_config, tmp_path_factory):
+  """A workdir trained for 2 steps at a tiny size (made once per session)."""
+  from transformer import train_lib  # pylint: disable=g-import-not-at-top
+  config = bible_config.copy_and_resolve_references()
+  config.update(dict(num_train_steps=2, batch_size=4, max_length=32, eval_every_steps=2,
+                     checkpoint_every_steps=2, diagnostics_every_steps=0,
+                     num_eval_bleu_sentences=4))
+  config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1,
+                           max_len=MAX_LEN))
+  path = os.fspath(tmp_path_factory.mktemp('tiny_workdir'))
+  train_lib.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def trained(workdir):
+  """(config, tokenizer, model, variables, step) of the tiny workdir."""
+  return decode_lib.load_trained(workdir)
+
+
+def perturbed(variables, scale=0.3, seed=1):
+  """The trained variables plus Gaussian noise.
+
+  Two training steps leave a model that repeats one token; noise makes its greedy outputs
+  vary with the source and the prefix, so that a search bug changes the tokens.
+  """
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
+
+
+def write(path, lines):
+  path.write_text(''.join(line + '\n' for line in lines), encoding='utf-8')
+  return os.fspath(path)
+
+
+def test_input_order_kept_across_buckets(trained):
+  _, tokenizer, model, variables, _ = trained
+  variables = perturbed(variables)
+  sentences = [LONG, SHORT, MIDDLE, MEDIUM, 'Et cela fut ainsi.', LONG + ' Dieu vit.']
+  translator = translate.Translator(model, tokenizer, batch_size=2)
+  sources = translator.encode_sources(sentences)
+  buckets = {translate.bucket_length(len(s), MAX_LEN) for s in sources}
+  assert buckets == {16, 32, 48}  # The list really spans every bucket, out of order.
+  search = translate.SearchConfig(beam_size=1, max_decode_len=6)
+  together = translator.translate_ids(variables, sources, search)
+  alone = [translator.translate_ids(variables, [s], search)[0] for s in sources]
+  assert together == alone
+  assert len({tuple(t) for t in together}) >= 4  # Outputs differ, so a swap would show.
+
+
+def test_empty_lines_give_empty_output_lines(trained, workdir, tmp_path):
+  lines = ['', SHORT, '   ', MEDIUM, '']
+  out = tmp_path / 'out.en'
+  result = decode_lib.decode(workdir, input_path=write(tmp_path / 'in.fr', lines),
+                             output_path=os.fspath(out), beam_size=1, max_decode_len=4)
+  written = out.read_text(encoding='utf-8').split('\n')
+  assert written[-1] == '' and len(written) == len(lines) + 1
+  assert [bool(w) for w in written[:-1]] == [False, True, False, True, False]
+  assert result['hypotheses'] == written[:-1]
+
+
+def test_non_utf8_input_is_an_error_naming_the_line(workdir, tmp_path):
+  path = tmp_path / 'latin1.fr'
+  path.write_bytes('Dieu dit.\nÀ la fin.\n'.encode('latin-1'))
+  with pytest.raises(ValueError, match=r'latin1\.fr:2: not valid UTF-8'):
+    decode_lib.decode(workdir, input_path=os.fspath(path))
+
+
+def test_empty_input_file_is_an_error(workdir, tmp_path):
+  path = tmp_path / 'empty.fr'
+  path.write_bytes(b'')
+  with pytest.raises(ValueError, match='empty: nothing to translate'):
+    decode_lib.decode(workdir, input_path=os.fspath(path))
+
+
+def test_too_long_sentence_is_truncated_with_a_warning(trained, workdir, tmp_path, caplog):
+  _, tokenizer, _, _, _ = trained
+  too_long = ' '.join([LONG] * 3)
+  assert len(tokenizer.encode(too_long)) + 1 > MAX_LEN
+  with caplog.at_level(logging.WARNING):
+    result = decode_lib.decode(
+        workdir, input_path=write(tmp_path / 'in.fr', ['', SHORT, too_long]),
+        output_path=os.fspath(tmp_path / 'out.en'), beam_size=1, max_decode_len=4)
+  assert result['truncated'] == 1
+  assert len(result['hypotheses']) == 3
+  messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any(m.startswith(f'Input line 3 has {len(tokenizer.encode(too_long)) + 1} tokens; '
+                          f'the model reads at most {MAX_LEN}: truncated.') for m in messages)
+
+
+def full_forward_greedy(model, variables, source, limit, eos_id):
+  """Greedy decoding by a full teacher-forced pass per step: argmax of model(src, prefix).
+
+  The next token after `prefix` is the argmax at position len(prefix) of a pass on targets
+  prefix + [eos] (any non-pad token there; later positions are padding and masked). At
+  position limit - 1 only eos may be chosen (decoding.py's convention). Returns (tokens
+  before eos, whether it stopped at a pad): a pad id, which the search may pick and feed
+  back, is padding to the full pass, so the two are compared only up to it.
+  """
+  variables = jax.tree.map(np.asarray, variables)  # On the host: no mesh, no sharding.
+  forward = jax.jit(lambda t: model.apply(variables, np.asarray([source]), t, train=False))
+  prefix = []
+  while True:
+    targets = np.zeros((1, MAX_LEN), np.int32)
+    targets[0, :len(prefix)] = prefix
+    targets[0, len(prefix)] = eos_id
+    token = eos_id if len(prefix) == limit - 1 else int(
+        np.argmax(np.asarray(forward(targets))[0, len(prefix)]))
+    if token in (eos_id, 0):
+      return prefix, token == 0
+    prefix.append(token)
+
+
+@pytest.mark.parametrize('noise', [False, True], ids=['trained', 'perturbed'])
+@pytest.mark.parametrize('cap', [None, 7], ids=['ratio_rule', 'max_decode_len'])
+def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
+  _, tokenizer, model, variables, _ = trained
+  if noise:
+    variables = perturbed(variables)
+  translator = translate.Translator(model, tokenizer, batch_size=4)
+  sources = translator.encode_sources([MEDIUM, SHORT, 'Et le soir vint.'])
+  search = translate.SearchConfig(beam_size=1, length_ratio=0.5, length_offset=3,
+                                  max_decode_len=cap)
+  cached = translator.translate_ids(variables, sources, search)
+  limits = [cap or int(np.ceil(0.5 * len(s) + 3)) for s in sources]
+  complete = 0
+  for got, source, limit in zip(cached, sources, limits):
+    want, stopped_at_pad = full_forward_greedy(model, variables, source, limit,
+                                               tokenizer.eos_id)
+    assert got[:len(want)] == want
+    if not stopped_at_pad:
+      assert got == want
+      complete += 1
+  assert complete >= 2
+  if noise:
+    assert len({t for ids in cached for t in ids}) >= 4  # Not one repeated token.
+
+
+def test_attention_maps(trained, tmp_path):
+  config, tokenizer, model, variables, _ = trained
+  variables = perturbed(variables)
+  paths, weights = attention_maps.write_attention_maps(
+      model, variables, tokenizer, SHORT, os.fspath(tmp_path),
+      search=translate.SearchConfig(max_decode_len=5))
+  layers, heads = config.model.num_layers, config.model.num_heads
+  assert len(paths) == len(set(paths)) == 3 * layers * heads
+  for path in paths:
+    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  source_len = len(tokenizer.encode(SHORT)) + 1
+  assert weights['encoder_self'].shape == (layers, heads, source_len, source_len)
+  target_len = weights['cross'].shape[2]
+  assert 1 <= target_len <= 5
+  assert weights['cross'].shape == (layers, heads, target_len, source_len)
+  assert weights['decoder_self'].shape == (layers, heads, target_len, target_len)
+  for kind in attention_maps.KINDS:
+    np.testing.assert_allclose(weights[kind].sum(-1), 1.0, atol=1e-5)
+  assert np.all(np.triu(weights['decoder_self'][0, 0], k=1) == 0)  # Causal.
+  # Post-LN layer 0 attends over the embedded source itself: recompute it in NumPy.
+  params = jax.tree.map(np.asarray, variables['params'])
+  ids = np.asarray(tokenizer.encode(SHORT) + [tokenizer.eos_id])
+  dim = config.model.emb_dim
+  angles = np.arange(source_len)[:, None] / 10_000.0 ** (np.arange(dim // 2) / (dim // 2))
+  x = params['shared_embedding']['embedding'][ids] * np.sqrt(dim) + np.concatenate(
+      [np.sin(angles), np.cos(angles)], axis=-1)
+  attention = params['encoder_layer_0']['self_attention']
+  q = np.einsum('se,ehd->hsd', x, attention['query']['kernel']) + attention['query']['bias'][:, None]
+  k = np.einsum('se,ehd->hsd', x, attention['key']['kernel']) + attention['key']['bias'][:, None]
+  logits = np.einsum('hqd,hkd->hqk', q, k) / np.sqrt(q.shape[-1])
+  expected = np.exp(logits - logits.max(-1, keepdims=True))
+  expected /= expected.sum(-1, keepdims=True)
+  np.testing.assert_allclose(weights['encoder_self'][0], expected, atol=1e-5)
+
+
+def test_cache_report_matches_the_real_cache(trained, workdir, tmp_path):
+  config, _, model, variables, _ = trained
+  result = decode_lib.decode(workdir, input_path=write(tmp_path / 'in.fr', [SHORT, MIDDLE]),
+                             output_path=os.fspath(tmp_path / 'out.en'), beam_size=2)
+  assert {row['source_len'] for row in result['cache']} == {16, 32}
+  for row in result['cache']:
+    assert row['beam'] == 2 and row['batch'] == config.eval_batch_size
+    init_cache = lambda inputs, length=row['max_decode_len']: model.apply(
+        variables, inputs, length, method=model.init_cache)
+    cache = jax.eval_shape(init_cache, jax.ShapeDtypeStruct(
+        (row['batch'] * row['beam'], row['source_len']), jnp.int32))
+    assert row['bytes'] == sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(cache))
+
+
+def test_decode_cli_prints_what_the_sacrebleu_cli_prints(trained, workdir, tmp_path):
+  """decode.py reading stdin; its score lines are the `sacrebleu -f text` lines."""
+  sources = [SHORT, '', MEDIUM, 'Et le soir vint.']
+  references = ['God said.', '', 'In the beginning, God created the heavens and the earth.',
+                'There was evening.']
+  ref, out, maps = tmp_path / 'ref.en', tmp_path / 'out.en', tmp_path / 'maps'
+  write(ref, references)
+  decoded = subprocess.run(
+      [sys.executable, 'decode.py', f'--workdir={workdir}', '--input=-', f'--output={out}',
+       f'--reference={ref}', '--beam_size=1', '--max_decode_len=6', '--cache_report',
+       f'--attention_dir={maps}', f'--attention_sentence={SHORT}'],
+      input=''.join(s + '\n' for s in sources), capture_output=True, text=True, cwd=ROOT,
+      check=True)
+  assert len(out.read_text(encoding='utf-8').splitlines()) == len(sources)
+  expected = subprocess.run(
+      [os.path.join(os.path.dirname(sys.executable), 'sacrebleu'), os.fspath(ref),
+       '-i', os.fspath(out), '-m', 'bleu', 'chrf', '-f', 'text', '-w', '2'],
+      capture_output=True, text=True, check=True).stdout.splitlines()
+  printed = [line for line in decoded.stderr.splitlines()
+             if line.startswith(('BLEU|', 'chrF2|'))]
+  assert [line.strip() for line in printed] == [line.strip() for line in expected]
+  assert len(printed) == 2
+  assert 'KV cache' in decoded.stderr
+  config = trained[0]
+  assert len(list(maps.glob('*.png'))) == 3 * config.model.num_layers * config.model.num_heads

@@ -1,0 +1,174 @@
+"""Multi-process data parallelism: two processes train what one process with two devices does.
+
+Two `train.py` processes on localhost (one CPU device each, JAX's distributed runtime) must
+produce the parameters and per-step losses of a single process with two devices fed the same
+global batches (process 0's rows, then process 1's), each process must read its own shard of
+the data and checkpoint its own iterator.
+"""
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import base
+from transformer import input_pipeline
+from transformer import metrics as metrics_lib
+from transformer import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+TINY = {
+    'num_train_steps': STEPS, 'batch_size': 4, 'max_length': 32, 'model.emb_dim': 16,
+    'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1,
+    'eval_every_steps': 0, 'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0,
+    'log_every_steps': 1,
+}
+
+
+def tiny(data_dir, **overrides):
+  config = base.get_config('small')
+  config.data_dir = data_dir
+  for key, value in {**TINY, **overrides}.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def latest_state(workdir):
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state',),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, state.state
+
+
+def train_rows(workdir):
+  return [row for row in metrics_lib.read_metrics(workdir) if 'train/loss' in row]
+
+
+class BothShards:
+  """What a 2-process run's global batch holds, for one process: shard 0's rows, then 1's."""
+
+  def __init__(self, config, tokenizer, make_iterator):
+    self.shards = [make_iterator(config, tokenizer, process_index=i, process_count=2)
+                   for i in range(2)]
+
+  def __next__(self):
+    parts = [next(shard) for shard in self.shards]
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+  def get_state(self) -> bytes:  # grain's orbax handler stores these bytes as text.
+    return json.dumps([shard.get_state() for shard in self.shards]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    for shard, shard_state in zip(self.shards, json.loads(state)):
+      shard.set_state(shard_state)
+
+  def start_prefetch(self) -> None:
+    pass
+
+
+@pytest.fixture(scope='module')
+def two_processes(bible_config, bible_tokenizer, tmp_path_factory):
+  """The workdir of a 2-process run (one CPU device each) of the tiny config."""
+  del bible_tokenizer  # Trained into data_dir before the processes look for it.
+  workdir = tmp_path_factory.mktemp('two_processes')
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  processes = []
+  for index in range(2):
+    command = [sys.executable, os.path.join(ROOT, 'train.py'),
+               f'--config={ROOT}/configs/baseline.py:small', f'--workdir={workdir / "run"}',
+               f'--config.data_dir={bible_config.data_dir}',
+               f'--coordinator_address=localhost:{port}', '--num_processes=2',
+               f'--process_id={index}'] + [f'--config.{k}={v}' for k, v in TINY.items()]
+    with open(workdir / f'process_{index}.log', 'w') as log:
+      processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=ROOT))
+  try:
+    for process in processes:
+      process.wait(timeout=300)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for index, process in enumerate(processes):
+    assert process.returncode == 0, (workdir / f'process_{index}.log').read_text()[-3000:]
+  return workdir / 'run'
+
+
+def test_two_processes_train_what_one_process_with_two_devices_does(
+    two_processes, bible_config, tmp_path, monkeypatch):
+  assert jax.device_count() == 2  # conftest.py asks XLA for two CPU devices.
+  make_iterator = input_pipeline.make_train_iterator
+  monkeypatch.setattr(train_lib.input_pipeline, 'make_train_iterator',
+                      lambda config, tokenizer, **_: BothShards(config, tokenizer, make_iterator))
+  train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
+
+  step_mp, state_mp = latest_state(two_processes)
+  step_sp, state_sp = latest_state(tmp_path)
+  assert step_mp == step_sp == STEPS
+  rows_mp, rows_sp = train_rows(two_processes), train_rows(tmp_path)
+  assert [r['step'] for r in rows_mp] == [r['step'] for r in rows_sp] == list(range(1, STEPS + 1))
+  assert [r['train/tokens'] for r in rows_mp] == [r['train/tokens'] for r in rows_sp]
+  # Same devices, same per-device programs, same psum of two terms: bit for bit.
+  assert [r['train/loss'] for r in rows_mp] == [r['train/loss'] for r in rows_sp]
+  jax.tree.map(np.testing.assert_array_equal, state_mp, state_sp)
+
+
+def test_each_process_reads_and_checkpoints_its_own_shard(two_processes, bible_config,
+                                                          bible_tokenizer):
+  config = tiny(bible_config.data_dir)
+  shards = BothShards(config, bible_tokenizer, input_pipeline.make_train_iterator).shards
+  tokens = []
+  for _ in range(STEPS):
+    per_shard = [int(np.sum(next(shard)['targets'] > 0)) for shard in shards]
+    tokens.append(per_shard)
+  # The global batch's target tokens, as process 0 logged them, are both shards' ...
+  logged = [r['train/tokens'] for r in train_rows(two_processes)]
+  assert logged == [float(a + b) for a, b in tokens]
+  # ... which one shard read twice would not give.
+  assert logged != [float(2 * a) for a, _ in tokens]
+  for index, shard in enumerate(shards):
+    path = two_processes / 'checkpoints' / str(STEPS) / 'data' / f'process_{index}-of-2.json'
+    assert json.loads(path.read_text()) == shard.get_state()
+
+
+def test_gradient_is_not_multiplied_by_the_device_count(bible_config, bible_tokenizer):
+  """One step's gradient norm on two devices is that of one device, for the same batch.
+
+  shard_map already all-reduces the gradient of replicated parameters; an explicit psum on
+  top doubled it on two devices (Adam hid it; clipping and the grad_norm metric did not).
+  """
+  config = tiny(bible_config.data_dir, **{'model.dropout_rate': 0.0})
+  batch = next(input_pipeline.make_train_iterator(config, bible_tokenizer))
+  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
+  tx = train_lib.optim.make_optimizer(config)
+  init = functools.partial(train_lib.init_state, config, train_lib.make_model(config), tx,
+                           (1, config.max_length))
+  norms = []
+  for devices in (jax.devices()[:1], jax.devices()[:2]):
+    mesh = jax.make_mesh((len(devices),), (train_lib.AXIS,), devices=devices)
+    state = jax.device_put(init(), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    steps = train_lib.compile_steps(config, model, tx, mesh)
+    _, step_metrics = steps.train(state, train_lib.shard_batch(batch, mesh))
+    norms.append(float(step_metrics['train/grad_norm']))
+  np.testing.assert_allclose(norms[1], norms[0], rtol=1e-5)

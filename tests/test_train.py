@@ -1,0 +1,190 @@
+"""The training loop: exact resume, data parallelism, NaN skipping, one compile per step."""
+
+import functools
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import base
+from transformer import input_pipeline
+from transformer import metrics as metrics_lib
+from transformer import optim
+from transformer import train_lib
+
+
+def tiny(bible_config, **overrides):
+  """A 1+1-layer, 16-wide model on the prepared Bible: seconds a run on a CPU."""
+  config = base.get_config('small')
+  config.data_dir = bible_config.data_dir
+  config.update(dict(num_train_steps=6, batch_size=4, max_length=32, warmup_steps=2,
+                     eval_every_steps=0, checkpoint_every_steps=4, diagnostics_every_steps=2,
+                     log_every_steps=1))
+  config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1))
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def final_state(workdir):
+  """The raw arrays of the latest checkpoint's TrainState."""
+  with ocp.CheckpointManager(f'{workdir}/checkpoints', item_names=('state',),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, state.state
+
+
+def metric_rows(workdir):
+  """metrics.jsonl without the wall-clock fields, which no two runs share."""
+  return [{k: v for k, v in row.items() if not k.startswith('time/')}
+          for row in metrics_lib.read_metrics(workdir)
+          if any(not k.startswith('time/') for k in row if k != 'step')]
+
+
+class _StopAfter:
+  """Stands in for the SIGTERM flag: 'raised' once the loop has checked it `steps` times."""
+
+  def __init__(self, steps):
+    self._left = steps
+
+  @property
+  def raised(self):
+    self._left -= 1
+    return self._left < 0
+
+  def restore(self):
+    pass
+
+
+def test_resume_equals_unbroken_run(bible_config, tmp_path, monkeypatch):
+  config = tiny(bible_config)
+  train_lib.train_and_evaluate(config, str(tmp_path / 'unbroken'))
+  # Preempted after 3 steps (between checkpoints: the flag saves at step 3), then resumed.
+  with monkeypatch.context() as patch:
+    patch.setattr(train_lib, '_PreemptionFlag', lambda: _StopAfter(3))
+    train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert final_state(tmp_path / 'resumed')[0] == 3
+  train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
+
+  step_a, state_a = final_state(tmp_path / 'unbroken')
+  step_b, state_b = final_state(tmp_path / 'resumed')
+  assert step_a == step_b == 6
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)  # Bit for bit.
+  rows_a, rows_b = metric_rows(tmp_path / 'unbroken'), metric_rows(tmp_path / 'resumed')
+  assert rows_a == rows_b
+  assert [r['step'] for r in rows_a if 'train/loss' in r] == [1, 2, 3, 4, 5, 6]
+  assert {r['step'] for r in rows_a if any(k.startswith('grad_norm/') for k in r)} == {1, 3, 5}
+
+
+def test_resume_with_another_model_is_a_clear_error(bible_config, tmp_path):
+  config = tiny(bible_config, num_train_steps=2)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
+    train_lib.train_and_evaluate(tiny(bible_config, **{'model.emb_dim': 32}), str(tmp_path))
+
+
+def _run_steps(config, mesh, batches, state=None):
+  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
+  tx = optim.make_optimizer(config)
+  if state is None:
+    state = train_lib.init_state(config, train_lib.make_model(config), tx, (1, config.max_length))
+  steps = train_lib.compile_steps(config, model, tx, mesh)
+  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  losses = []
+  for batch in batches:
+    state, step_metrics = steps.train(state, train_lib.shard_batch(batch, mesh))
+    losses.append(float(step_metrics['train/loss']))
+  return jax.device_get(state), losses, steps
+
+
+@pytest.mark.parametrize('variant', ['baseline', 'batch_norm'])
+def test_two_devices_compute_what_one_does(bible_config, bible_tokenizer, variant):
+  """Data parallelism changes nothing but the summation order.
+
+  Without dropout: each device draws its own dropout mask, so masks (not the math) depend
+  on the device count. BatchNorm's statistics are all-reduced, so they are the global
+  batch's; the loss is normalized by the global token count, which differs per device.
+  Adam's epsilon is raised because with 1e-9 it turns a gradient of 1e-9 ± rounding into
+  an update of ± the learning rate, so summation order alone would move such weights by lr.
+  """
+  assert jax.device_count() == 2  # conftest.py asks XLA for two CPU devices.
+  config = tiny(bible_config, adam_eps=1e-3, **{'model.dropout_rate': 0.0})
+  if variant == 'batch_norm':
+    config.model.norm = 'batch_norm'
+  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  batches = [next(iterator) for _ in range(3)]
+  one = jax.make_mesh((1,), (train_lib.AXIS,), devices=jax.devices()[:1])
+  two = jax.make_mesh((2,), (train_lib.AXIS,), devices=jax.devices()[:2])
+  state_one, losses_one, _ = _run_steps(config, one, batches)
+  state_two, losses_two, _ = _run_steps(config, two, batches)
+  np.testing.assert_allclose(losses_one, losses_two, rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+               state_one.params, state_two.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+               state_one.batch_stats, state_two.batch_stats)
+  assert losses_one[2] < losses_one[0]  # And it learns.
+
+
+def test_steps_compile_once(bible_config, bible_tokenizer):
+  """After the first step, new batches and the step's own output state compile nothing."""
+  config = tiny(bible_config)
+  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  mesh = train_lib.make_mesh()
+  model, tx = train_lib.make_model(config, axis_name=train_lib.AXIS), optim.make_optimizer(config)
+  state = jax.device_put(
+      train_lib.init_state(config, train_lib.make_model(config), tx, (1, config.max_length)),
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  steps = train_lib.compile_steps(config, model, tx, mesh)
+  state, _ = steps.train(state, train_lib.shard_batch(next(iterator), mesh))
+  compiles = []
+
+  def count(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    for _ in range(3):
+      state, step_metrics = steps.train(state, train_lib.shard_batch(next(iterator), mesh))
+    jax.block_until_ready(step_metrics)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert not compiles
+
+
+def test_nonfinite_step_is_skipped_and_counted(bible_config, bible_tokenizer, monkeypatch):
+  """A step whose loss is NaN leaves params and optimizer state exactly as they were."""
+  real_loss_sum = train_lib.loss_sum
+  poison = 7  # A batch whose first token is this one yields a NaN loss.
+
+  def poisoned_loss_sum(params, batch_stats, batch, rng, **kwargs):
+    loss, updates = real_loss_sum(params, batch_stats, batch, rng, **kwargs)
+    return jax.numpy.where(batch['inputs'][0, 0] == poison, jax.numpy.nan, loss), updates
+
+  monkeypatch.setattr(train_lib, 'loss_sum', poisoned_loss_sum)
+  config = tiny(bible_config)
+  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  good = [next(iterator) for _ in range(2)]
+  bad = {k: v.copy() for k, v in good[1].items()}
+  bad['inputs'][0, 0] = poison
+  assert all(b['inputs'][0, 0] != poison for b in good)
+  mesh = train_lib.make_mesh()
+  after_good, _, steps = _run_steps(config, mesh, good[:1])
+  after_bad, losses, _ = _run_steps(config, mesh, [bad], state=after_good)
+  assert np.isnan(losses[0])
+  jax.tree.map(np.testing.assert_array_equal, after_bad.params, after_good.params)
+  jax.tree.map(np.testing.assert_array_equal, after_bad.opt_state, after_good.opt_state)
+  assert (int(after_bad.step), int(after_bad.nonfinite_streak),
+          int(after_bad.nonfinite_total)) == (2, 1, 1)
+  after_next, losses, _ = _run_steps(config, mesh, good[1:], state=after_bad)
+  assert np.isfinite(losses[0])
+  assert (int(after_next.nonfinite_streak), int(after_next.nonfinite_total)) == (0, 1)
+  assert not np.array_equal(jax.tree.leaves(after_next.params)[0],
+                            jax.tree.leaves(after_bad.params)[0])
