@@ -1,4 +1,7 @@
-"""Experiment configs: `base.py` holds every field; each variant overrides a few."""
+"""Experiment configs: `base.py` holds every field; each variant overrides a few.
+
+`python -m configs` prints each variant's differences from the base config, at both scales.
+"""
 
 from typing import Any
 

@@ -75,7 +75,10 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['error'] = str(e)
   result['train_seconds_this_invocation'] = time.perf_counter() - started
   if not result['diverged']:
-    decoded = decode_lib.decode(workdir, checkpoint='best', split='test',
+    has_best = os.path.isdir(os.path.join(workdir, 'best')) and os.listdir(
+        os.path.join(workdir, 'best'))
+    decoded = decode_lib.decode(workdir, checkpoint='best' if has_best else 'latest',
+                                split='test',
                                 output_path=os.path.join(workdir, 'test_hypotheses.en'))
     result.update({k: decoded[k] for k in (
         'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')})
