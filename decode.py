@@ -33,6 +33,13 @@ flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
+  try:
+    run(argv)
+  except decode_lib.InputError as e:  # The user's to fix: the message is enough.
+    sys.exit(f'decode.py: error: {e}')
+
+
+def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if (_ATTENTION_DIR.value is None) != (_ATTENTION_SENTENCE.value is None):

@@ -117,7 +117,7 @@ def test_unknown_config_field_is_named_before_anything_runs(tmp_path):
 def test_unknown_norm_fails_before_the_workdir_is_claimed(bible_config, tmp_path):
   """A typo must not leave a config.json that would refuse the corrected rerun."""
   config = tiny(bible_config.data_dir, **{'model.norm': 'group_norm'})
-  with pytest.raises(ValueError, match=r"Unknown norm 'group_norm'; expected one of .*'layer_norm'"):
+  with pytest.raises(ValueError, match=r"Unknown norm 'group_norm'; expected one of .*layer_norm"):
     train_lib.train_and_evaluate(config, os.fspath(tmp_path))
   assert not (tmp_path / 'config.json').exists()
 

@@ -51,11 +51,19 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def latest_state(workdir):
+def latest_state(workdir, like=None):
+  """(step, TrainState arrays) of the latest checkpoint; shaped `like` onto this process's
+  first device, for a checkpoint of other devices (orbax will not map their ids itself)."""
+  target = None
+  if like is not None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          like)
   with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state',),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
     step = manager.latest_step()
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
   return step, state.state
 
 
@@ -123,8 +131,8 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
                       lambda config, tokenizer, **_: BothShards(config, tokenizer, make_iterator))
   train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
 
-  step_mp, state_mp = latest_state(two_processes)
   step_sp, state_sp = latest_state(tmp_path)
+  step_mp, state_mp = latest_state(two_processes, like=state_sp)
   assert step_mp == step_sp == STEPS
   rows_mp, rows_sp = train_rows(two_processes), train_rows(tmp_path)
   assert [r['step'] for r in rows_mp] == [r['step'] for r in rows_sp] == list(range(1, STEPS + 1))

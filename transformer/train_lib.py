@@ -127,13 +127,21 @@ def _tree_all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _per_device(params):
+  """The replicated params as this device's own copy, so autodiff gives per-device grads."""
+  return jax.tree.map(lambda p: lax.pcast(p, AXIS, to='varying'), params)
+
+
 def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[TrainState, dict]:
   """One optimizer step on one device's share of the batch; run under shard_map.
 
-  The loss is normalized by the *global* number of target tokens, so the all-reduced
-  gradient (a psum of per-device gradients) is exactly the gradient of the global mean,
-  however unevenly real tokens are spread over devices. A step whose loss or gradients
-  are not finite leaves params and optimizer state untouched and is counted.
+  As in pmap, each device differentiates its own loss with respect to its own copy of the
+  parameters (`pcast` to 'varying' makes the replicated params per-device for autodiff, so
+  shard_map adds no implicit reduction) and the gradients are then all-reduced explicitly.
+  The per-device loss is divided by the *global* number of target tokens, so the psum of
+  the per-device gradients (n times their pmean) is exactly the gradient of the global
+  token mean, however unevenly real tokens are spread over devices. A step whose loss or
+  gradients are not finite leaves params and optimizer state untouched and is counted.
   """
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   device_rng = jax.random.fold_in(step_rng, lax.axis_index(AXIS))
@@ -144,10 +152,9 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
                              config=config)
     return loss / num_tokens, updates
 
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  # The params are replicated (P()), so shard_map's transpose already psums their gradient
-  # over the axis; a second psum would scale it by the device count.
-  loss = lax.psum(loss, AXIS)
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      _per_device(state.params))
+  loss, grads = lax.psum((loss, grads), AXIS)
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
   param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, param_updates)
@@ -207,7 +214,9 @@ def diagnostics_step(state: TrainState, batch: Batch, *, model, config) -> dict:
                              config=config, intermediates=True)
     return loss / num_tokens, updates
 
-  (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)  # Summed.
+  (_, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      _per_device(state.params))
+  grads = lax.psum(grads, AXIS)
   out = {f'grad_norm/{k}': v for k, v in per_layer_norms(grads).items()}
   for path, value in jax.tree_util.tree_leaves_with_path(updates.get('intermediates', {})):
     name = '/'.join(getattr(k, 'key', str(k)) for k in path[:-1])

@@ -199,7 +199,10 @@ def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_
     max_lengths = None
 
   def step_fn(tokens, cache):
-    return model.apply(variables, cache, tokens, method=model.decode_step)
+    logits, cache = model.apply(variables, cache, tokens, method=model.decode_step)
+    # Id 0 is padding (and the decoder's BOS), never an output: a 0 fed back mid-sentence
+    # would be a token the model never saw in training, and is stripped from the text.
+    return logits.at[:, 0].set(-jnp.inf), cache
 
   if search.beam_size == 1:
     return decoding.greedy_search(step_fn, cache, batch_size=batch_size,
