@@ -3,7 +3,7 @@
 Any config field can be overridden on the command line (`--config.num_train_steps=500`).
 Started again with the same --workdir, a run resumes from its latest checkpoint. Launched
 as several processes (one per host), set --coordinator_address, --num_processes and
---process_id (or the environment JAX's distributed runtime detects on clusters).
+--process_id on every process (see README, "Several processes or hosts").
 """
 
 import re

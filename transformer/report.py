@@ -17,6 +17,8 @@ import numpy as np
 from transformer import metrics as metrics_lib
 from transformer import plots
 
+ATTENTION_DIR = os.path.join('plots', 'attention')  # Written by study.write_attention_maps.
+
 LITERATURE = {
     'pre_ln': ('Pre-LN trains faster early on (Xiong et al. 2020)',
                lambda r, b: r['steps_to_target'] is not None and (
@@ -156,6 +158,18 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
         title='Per-layer gradient norms at initialization and after warm-up')))
   lines += ['', '## Plots', '']
   lines += [f'![{title}](plots/{os.path.basename(path)})' for title, path in made if path]
+
+  attention = sorted(glob.glob(os.path.join(experiment_dir, ATTENTION_DIR, '*.png')))
+  if attention:
+    with open(os.path.join(experiment_dir, ATTENTION_DIR, 'sentence.txt')) as f:
+      sentence = f.read().strip()
+    last = max(int(p.rsplit('_layer', 1)[1].split('_')[0]) for p in attention)
+    lines += ['', '### Attention of the baseline on one test sentence', '',
+              f'"{sentence}" and its greedy translation; last layer, head 0, of each kind '
+              f'(all {len(attention)} maps, every layer and head, are in '
+              f'`{ATTENTION_DIR}/`).', '']
+    lines += [f'![{kind} attention]({ATTENTION_DIR}/{kind}_layer{last}_head0.png)'
+              for kind in ('encoder_self', 'decoder_self', 'cross')]
 
   lines += ['', '## Reading', '']
   baseline = groups.get('baseline', [None])[0] if groups.get('baseline') else None

@@ -105,8 +105,24 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
       apply_overrides(config, run_overrides)
       config.seed = seed
       run_one(config, os.path.join(experiment_dir, run_name, f'seed_{seed}'))
+  baseline_dir = os.path.join(experiment_dir, 'baseline', 'seed_0')
+  if 'baseline' in variants and os.path.exists(os.path.join(baseline_dir, RESULT_FILE)):
+    write_attention_maps(baseline_dir, os.path.join(experiment_dir, report.ATTENTION_DIR))
   return report.write_report(experiment_dir, variants=variants,
                              ablations=list(ABLATIONS) if ablations else [])
+
+
+def write_attention_maps(workdir: str, out_dir: str) -> None:
+  """Heatmaps of every attention of the run, for the first sentence of its test split."""
+  from transformer import decode_lib  # pylint: disable=g-import-not-at-top
+  from transformer import input_pipeline  # pylint: disable=g-import-not-at-top
+  sentence, _ = input_pipeline.load_pairs(checkpoints.load_config(workdir), 'test')[0]
+  has_best = os.path.isdir(os.path.join(workdir, 'best')) and os.listdir(
+      os.path.join(workdir, 'best'))
+  decode_lib.write_attention_maps(workdir, sentence, out_dir,
+                                  checkpoint='best' if has_best else 'latest')
+  with open(os.path.join(out_dir, 'sentence.txt'), 'w') as f:
+    f.write(sentence + '\n')
 
 
 _SCALE = flags.DEFINE_enum('scale', 'small', ['small', 'full'], 'Scale of every run.')
