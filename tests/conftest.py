@@ -92,3 +92,21 @@ def bible_tokenizer(bible_config):
   """The real 4k vocabulary of the small config (a few seconds to train)."""
   from transformer import tokenizer  # pylint: disable=g-import-not-at-top
   return tokenizer.load_or_train(bible_config)
+
+
+# A 1+1-layer, 16-wide model on 4 x 32-token batches, no evaluation: seconds a run on a CPU.
+TINY = {
+    'batch_size': 4, 'max_length': 32, 'model.emb_dim': 16, 'model.qkv_dim': 16,
+    'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1, 'eval_every_steps': 0,
+    'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0, 'log_every_steps': 1,
+}
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The small config with TINY and `overrides` ('model.norm'-style keys) applied."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from transformer import study  # pylint: disable=g-import-not-at-top
+  config = base.get_config('small')
+  config.data_dir = data_dir
+  study.apply_overrides(config, {**TINY, **overrides})
+  return config

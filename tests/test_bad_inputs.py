@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import base
+import conftest
+
 from transformer import metrics as metrics_lib
 from transformer import study
 from transformer import train_lib
@@ -29,25 +30,11 @@ from transformer import train_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 # A 1+1-layer, 16-wide model, a checkpoint every 2 steps, all kept: seconds a run.
-TINY = {
-    'num_train_steps': STEPS, 'batch_size': 4, 'max_length': 32, 'model.emb_dim': 16,
-    'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1,
-    'eval_every_steps': 0, 'checkpoint_every_steps': 2, 'max_checkpoints_to_keep': 10,
-    'diagnostics_every_steps': 0, 'log_every_steps': 1,
-}
+TINY = {**conftest.TINY, 'num_train_steps': STEPS, 'max_checkpoints_to_keep': 10}
 
 
 def tiny(data_dir, **overrides):
-  """The small config with TINY and `overrides` ('model.norm' style keys) applied."""
-  config = base.get_config('small')
-  config.data_dir = data_dir
-  for key, value in {**TINY, **overrides}.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return conftest.tiny_config(data_dir, **{**TINY, **overrides})
 
 
 def train_command(workdir, data_dir, *extra):

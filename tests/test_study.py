@@ -5,14 +5,13 @@ import math
 import os
 import re
 
+import conftest
 from transformer import metrics as metrics_lib
 from transformer import study
 
-TINY = {'num_train_steps': 4, 'batch_size': 4, 'max_length': 32, 'warmup_steps': 2,
-        'eval_every_steps': 2, 'checkpoint_every_steps': 2, 'diagnostics_every_steps': 2,
-        'log_every_steps': 1, 'num_eval_bleu_sentences': 4, 'eval_batch_size': 4,
-        'model.emb_dim': 16, 'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2,
-        'model.num_layers': 1, 'model.max_len': 64}
+TINY = {**conftest.TINY, 'num_train_steps': 4, 'warmup_steps': 2, 'eval_every_steps': 2,
+        'diagnostics_every_steps': 2, 'num_eval_bleu_sentences': 4, 'eval_batch_size': 4,
+        'model.max_len': 64}
 
 
 def table_rows(report: str) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import base
+import conftest
 from transformer import input_pipeline
 from transformer import metrics as metrics_lib
 from transformer import optim
@@ -15,20 +15,9 @@ from transformer import train_lib
 
 
 def tiny(bible_config, **overrides):
-  """A 1+1-layer, 16-wide model on the prepared Bible: seconds a run on a CPU."""
-  config = base.get_config('small')
-  config.data_dir = bible_config.data_dir
-  config.update(dict(num_train_steps=6, batch_size=4, max_length=32, warmup_steps=2,
-                     eval_every_steps=0, checkpoint_every_steps=4, diagnostics_every_steps=2,
-                     log_every_steps=1))
-  config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1))
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return conftest.tiny_config(bible_config.data_dir, **{
+      'num_train_steps': 6, 'warmup_steps': 2, 'checkpoint_every_steps': 4,
+      'diagnostics_every_steps': 2, **overrides})
 
 
 def final_state(workdir):

@@ -12,7 +12,6 @@ import os
 import statistics
 from typing import Optional, Sequence
 
-import numpy as np
 
 from transformer import metrics as metrics_lib
 from transformer import plots

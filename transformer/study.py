@@ -22,7 +22,6 @@ from absl import logging
 import ml_collections
 
 from transformer import checkpoints
-from transformer import metrics as metrics_lib
 from transformer import report
 from transformer import train_lib
 

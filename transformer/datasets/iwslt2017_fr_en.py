@@ -11,7 +11,6 @@ of training lines, bad UTF-8, a corrupt archive) is an error naming the file.
 """
 
 import collections
-import io
 import os
 import re
 import tarfile
