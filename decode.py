@@ -28,6 +28,9 @@ _ATTENTION_DIR = flags.DEFINE_string(
     'attention_dir', None, 'Write PNG attention maps of --attention_sentence here.')
 _ATTENTION_SENTENCE = flags.DEFINE_string(
     'attention_sentence', None, 'The source sentence whose attention is drawn.')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, "Sentences per decoding batch (all devices); default: the config's "
+    'eval_batch_size.')
 _CACHE_REPORT = flags.DEFINE_bool('cache_report', False, 'Print the KV-cache bytes.')
 flags.mark_flag_as_required('workdir')
 
@@ -56,7 +59,9 @@ def run(argv):
         _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
         input_path=_INPUT.value, output_path=_OUTPUT.value, reference_paths=_REFERENCE.value,
         beam_size=_BEAM_SIZE.value, length_penalty=_LENGTH_PENALTY.value,
-        max_decode_len=_MAX_DECODE_LEN.value)
+        max_decode_len=_MAX_DECODE_LEN.value, batch_size=_BATCH_SIZE.value)
+    print(f"Translated {result['sentences']:,} sentences in {result['seconds']:.1f} s "
+          '(compilation included).', file=sys.stderr)
     if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
       print(*decode_lib.score_lines(result), sep='\n', file=sys.stderr)
     cache = result['cache']

@@ -228,6 +228,7 @@ def test_decode_cli_prints_what_the_sacrebleu_cli_prints(trained, workdir, tmp_p
   decoded = subprocess.run(
       [sys.executable, 'decode.py', f'--workdir={workdir}', '--input=-', f'--output={out}',
        f'--reference={ref}', '--beam_size=1', '--max_decode_len=6', '--cache_report',
+       '--batch_size=2',
        f'--attention_dir={maps}', f'--attention_sentence={SHORT}'],
       input=''.join(s + '\n' for s in sources), capture_output=True, text=True, cwd=ROOT,
       check=True)
@@ -240,6 +241,7 @@ def test_decode_cli_prints_what_the_sacrebleu_cli_prints(trained, workdir, tmp_p
              if line.startswith(('BLEU|', 'chrF2|'))]
   assert [line.strip() for line in printed] == [line.strip() for line in expected]
   assert len(printed) == 2
-  assert 'KV cache' in decoded.stderr
+  assert 'KV cache: batch 2 x beam 1' in decoded.stderr
+  assert f'Translated {len(sources)} sentences in ' in decoded.stderr
   config = trained[0]
   assert len(list(maps.glob('*.png'))) == 3 * config.model.num_layers * config.model.num_heads

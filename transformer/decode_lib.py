@@ -7,6 +7,7 @@ vocabulary, and its checkpoints.
 import dataclasses
 import functools
 import sys
+import time
 from typing import Optional, Sequence
 
 from absl import logging
@@ -128,7 +129,8 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
            input_path: Optional[str] = None, output_path: Optional[str] = None,
            reference_paths: Sequence[str] = (), beam_size: Optional[int] = None,
            length_penalty: Optional[float] = None,
-           max_decode_len: Optional[int] = None) -> dict:
+           max_decode_len: Optional[int] = None,
+           batch_size: Optional[int] = None) -> dict:
   """Translates `split` of the run's dataset or the lines of `input_path`; scores if it can.
 
   `max_decode_len` caps every output at that many tokens (eos included) instead of the
@@ -152,14 +154,20 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   _check_max_decode_len(model, max_decode_len)
   search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
                          max_decode_len=max_decode_len)
-  translator = translate.Translator(model, tokenizer, batch_size=config.eval_batch_size)
+  translator = translate.Translator(model, tokenizer,
+                                    batch_size=batch_size or config.eval_batch_size)
+  start = time.perf_counter()
   hypotheses = translator.translate(variables, sources, search)
+  seconds = time.perf_counter() - start  # Compilation of each length bucket included.
   if output_path:
     with open(output_path, 'w', encoding='utf-8') as f:
       f.writelines(h + '\n' for h in hypotheses)
   else:
     sys.stdout.writelines(h + '\n' for h in hypotheses)
-  result = {'step': step, 'sentences': len(sources), 'truncated': translator.num_truncated,
+  logging.info('Translated %d sentences in %.1f s (beam %d, compilation included).',
+               len(sources), seconds, search.beam_size)
+  result = {'step': step, 'sentences': len(sources), 'seconds': seconds,
+            'truncated': translator.num_truncated,
             'beam_size': search.beam_size, 'hypotheses': hypotheses,
             'cache': cache_sizes(model.config, translator.batch_size, translator.decode_shapes)}
   if references:
