@@ -44,8 +44,9 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
       result = json.load(f)
     assert float(cells[1]) == round(result['bleu'], 2)
     assert float(cells[2]) == round(result['chrf'], 2)
-    best_loss = min(r['eval/loss'] for r in metrics if 'eval/loss' in r)
-    assert math.isclose(float(cells[3]), round(best_loss, 2))
+    eval_losses = [r['eval/loss'] for r in metrics if 'eval/loss' in r]
+    assert math.isclose(float(cells[3]), round(min(eval_losses), 2))
+    assert math.isclose(float(cells[4]), round(eval_losses[0], 2))
     assert int(cells[7].replace(',', '')) == next(
         r['params/count'] for r in metrics if 'params/count' in r)
     assert int(cells[6]) == 0

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import statistics
-from typing import Optional, Sequence
+from typing import Sequence
 
 
 from transformer import metrics as metrics_lib
@@ -20,8 +20,7 @@ ATTENTION_DIR = os.path.join('plots', 'attention')  # Written by study.write_att
 
 LITERATURE = {
     'pre_ln': ('Pre-LN trains faster early on (Xiong et al. 2020)',
-               lambda r, b: r['steps_to_target'] is not None and (
-                   b['steps_to_target'] is None or r['steps_to_target'] <= b['steps_to_target'])),
+               lambda r, b: r['early_eval_loss'] < b['early_eval_loss']),
     'batch_norm': ('BatchNorm translates worse than LayerNorm (Shen et al. 2020)',
                    lambda r, b: r['bleu'] < b['bleu']),
     'no_dropout': ('Without dropout a small corpus overfits: lower BLEU (Vaswani et al. 2017)',
@@ -29,9 +28,8 @@ LITERATURE = {
     'label_smoothing': ('Label smoothing raises BLEU (Vaswani et al. 2017; Müller et al. 2019)',
                         lambda r, b: r['bleu'] > b['bleu']),
     'r_drop': ('R-Drop raises BLEU (Liang et al. 2021)', lambda r, b: r['bleu'] > b['bleu']),
-    'rezero': ('ReZero trains at least as fast as post-LN (Bachlechner et al. 2020)',
-               lambda r, b: r['steps_to_target'] is not None and (
-                   b['steps_to_target'] is None or r['steps_to_target'] <= b['steps_to_target'])),
+    'rezero': ('ReZero trains faster early on than post-LN (Bachlechner et al. 2020)',
+               lambda r, b: r['early_eval_loss'] < b['early_eval_loss']),
 }
 
 
@@ -48,16 +46,11 @@ def _load_run(run_dir: str) -> dict:
       'bleu': result.get('bleu', math.nan), 'chrf': result.get('chrf', math.nan),
       'bleu_signature': result.get('bleu_signature', ''),
       'best_eval_loss': float(eval_loss.min()) if len(eval_loss) else math.nan,
+      'early_eval_loss': float(eval_loss[0]) if len(eval_loss) else math.nan,
       'params': int(params[0]) if params else 0,
       'wall_seconds': walls[-1] if walls else math.nan,
       'skipped': int(skipped[-1]) if skipped else 0,
   }
-
-
-def _steps_to(rows: Sequence[dict], target: float) -> Optional[int]:
-  steps, losses = plots.series(rows, 'eval/loss')
-  reached = steps[losses <= target]
-  return int(reached[0]) if len(reached) else None
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -90,11 +83,8 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path."""
   groups = _group(experiment_dir, list(variants) + list(ablations))
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
-  target = max((r['best_eval_loss'] for r in finished
-                if not math.isnan(r['best_eval_loss'])), default=math.nan)
-  for runs in groups.values():
-    for r in runs:
-      r['steps_to_target'] = _steps_to(r['rows'], target)
+  first_eval = min((int(plots.series(r['rows'], 'eval/loss')[0][0]) for r in finished
+                    if len(plots.series(r['rows'], 'eval/loss')[0])), default=0)
 
   lines = ['# The study: normalization and regularization in a fr→en Transformer', '']
   config_path = glob.glob(os.path.join(experiment_dir, variants[0], 'seed_*', 'config.json'))
@@ -106,21 +96,21 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
               f"{config['warmup_steps']} warm-up steps. Seeds per variant: "
               f"{max(len(groups[v]) for v in variants)}.", '']
   lines += [
-      f'Steps to loss ≤ {target:.3f}: the first evaluation step at which the validation loss '
-      'reached the worst best-validation-loss among the runs, so every run that trained '
-      'has a value.', '',
-      '| variant | test BLEU | chrF | best val loss | steps to target | wall time (min) '
+      f'Early loss: the validation loss at the first evaluation (step {first_eval}), a measure '
+      'of how fast a variant starts; best loss: the lowest of all evaluations. Wall time is '
+      "the training loop's own clock (evaluation included) on a machine other jobs may share: "
+      'compare it across runs only roughly.', '',
+      '| variant | test BLEU | chrF | best val loss | early val loss | wall time (min) '
       '| skipped steps | params |',
       '|---|---|---|---|---|---|---|---|']
   for name, runs in groups.items():
     if not runs:
       continue
-    steps = [r['steps_to_target'] for r in runs if r['steps_to_target'] is not None]
     lines.append(
         f"| {name}{' (diverged)' if any(r['diverged'] for r in runs) else ''} "
         f"| {_mean_std([r['bleu'] for r in runs])} | {_mean_std([r['chrf'] for r in runs])} "
         f"| {_mean_std([r['best_eval_loss'] for r in runs])} "
-        f"| {int(statistics.mean(steps)) if steps else 'not reached'} "
+        f"| {_mean_std([r['early_eval_loss'] for r in runs])} "
         f"| {_mean_std([r['wall_seconds'] / 60 for r in runs])} "
         f"| {sum(r['skipped'] for r in runs)} | {runs[0]['params']:,} |")
   signatures = {r['bleu_signature'] for r in finished if r['bleu_signature']}
@@ -180,9 +170,8 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
       verdict = 'agrees' if holds(runs[0], baseline) else 'does not agree'
       lines.append(
           f"- {claim}: here {name} has BLEU {runs[0]['bleu']:.2f} vs the baseline's "
-          f"{baseline['bleu']:.2f}, and reaches the target loss at step "
-          f"{runs[0]['steps_to_target']} vs {baseline['steps_to_target']} — this "
-          f'{verdict}.')
+          f"{baseline['bleu']:.2f}, and early validation loss {runs[0]['early_eval_loss']:.3f} "
+          f"vs {baseline['early_eval_loss']:.3f} — this {verdict}.")
   for name in ablations:
     for run in groups.get(name, []):
       outcome = ('diverged (NaN/Inf)' if run['diverged'] else
