@@ -2,7 +2,6 @@
 
 import dataclasses
 import importlib
-import pathlib
 
 import flax
 import jax
@@ -12,11 +11,10 @@ import numpy as np
 import pytest
 
 from configs import base
+from configs import __main__ as configs_main
 from transformer import models
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
-VARIANTS = sorted(p.stem for p in CONFIG_DIR.glob('*.py')
-                  if p.name not in ('base.py', '__init__.py'))
+VARIANTS = configs_main.variant_names()
 Transformer = models.Transformer
 
 # Source length 5, target length 3; row 1 is padded in both.
