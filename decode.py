@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from transformer import decode_lib
+from transformer import train_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
@@ -36,6 +37,7 @@ flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
+  train_lib.quiet_library_logs()
   try:
     run(argv)
   except decode_lib.InputError as e:  # The user's to fix: the message is enough.
