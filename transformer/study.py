@@ -43,7 +43,7 @@ def variant_names() -> list[str]:
   """Every variant file in configs/ (the study's ten first, then any extras)."""
   found = sorted(os.path.splitext(os.path.basename(p))[0]
                  for p in glob.glob(os.path.join(CONFIG_DIR, '*.py')))
-  extras = [n for n in found if n not in STUDY_VARIANTS and n not in ('base', '__init__')]
+  extras = [n for n in found if n not in STUDY_VARIANTS and n != 'base' and not n.startswith('_')]
   return [n for n in STUDY_VARIANTS if n in found] + extras
 
 
