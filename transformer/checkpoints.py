@@ -170,8 +170,13 @@ class Checkpointer:
 def restore_params(workdir: str, which: str, abstract_state: Any) -> tuple[Any, int]:
   """Restores a state for inference: `which` is 'best', 'latest' or a step number."""
   workdir = os.path.abspath(workdir)
+  best_dir = os.path.join(workdir, 'best')
+  if which == 'best' and not (os.path.isdir(best_dir) and os.listdir(best_dir)):
+    # A run trained with eval_every_steps=0 never scored one: its last state is its best.
+    logging.warning('%s has no best checkpoint (no evaluation ran); using the latest.', workdir)
+    which = 'latest'
   if which == 'best':
-    directory, step = os.path.join(workdir, 'best'), None
+    directory, step = best_dir, None
   else:
     directory = os.path.join(workdir, 'checkpoints')
     step = None if which == 'latest' else int(which)

@@ -74,10 +74,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['error'] = str(e)
   result['train_seconds_this_invocation'] = time.perf_counter() - started
   if not result['diverged']:
-    has_best = os.path.isdir(os.path.join(workdir, 'best')) and os.listdir(
-        os.path.join(workdir, 'best'))
-    decoded = decode_lib.decode(workdir, checkpoint='best' if has_best else 'latest',
-                                split='test',
+    decoded = decode_lib.decode(workdir, checkpoint='best', split='test',
                                 output_path=os.path.join(workdir, 'test_hypotheses.en'))
     result.update({k: decoded[k] for k in (
         'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')})
@@ -116,10 +113,7 @@ def write_attention_maps(workdir: str, out_dir: str) -> None:
   from transformer import decode_lib  # pylint: disable=g-import-not-at-top
   from transformer import input_pipeline  # pylint: disable=g-import-not-at-top
   sentence, _ = input_pipeline.load_pairs(checkpoints.load_config(workdir), 'test')[0]
-  has_best = os.path.isdir(os.path.join(workdir, 'best')) and os.listdir(
-      os.path.join(workdir, 'best'))
-  decode_lib.write_attention_maps(workdir, sentence, out_dir,
-                                  checkpoint='best' if has_best else 'latest')
+  decode_lib.write_attention_maps(workdir, sentence, out_dir, checkpoint='best')
   with open(os.path.join(out_dir, 'sentence.txt'), 'w') as f:
     f.write(sentence + '\n')
 
