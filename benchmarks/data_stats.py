@@ -58,7 +58,8 @@ def measure(config, num_batches: int) -> dict:
       'splits (train/validation/test)': '/'.join(f'{n:,}' for n in splits.values()),
       'build (s)': f'{build_seconds:.1f}',
       'sentencepiece training (s)': f'{tokenizer_seconds:.1f} ({config.vocab_size:,} pieces)',
-      'batch (rows x tokens)': f'{config.batch_size} x {config.max_length}',
+      'batch (rows x source/target tokens)': (
+          f'{config.batch_size} x {config.max_length}/{config.max_target_length}'),
       'train: real source / target positions':
           f'{_fill(batches, "inputs"):.1%} / {_fill(batches, "targets"):.1%} '
           f'({num_batches} batches)',

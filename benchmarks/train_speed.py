@@ -7,8 +7,9 @@ Times the step train.py runs (train_lib: shard_map'd train_step, Adam, donated s
 fixed batches, steady state only (compilation and --warmup_steps excluded, every step ended
 by block_until_ready), and, with --twin, the PyTorch twin (benchmarks/torch_twin.py) on the
 same batches from the same parameters. Two kinds of batch:
-  packed: real Bible (or IWSLT) batches from the input pipeline, config.batch_size x
-          config.max_length; tokens/s counts real target tokens only.
+  packed: real Bible (or IWSLT) batches from the input pipeline, config.batch_size rows of
+          config.max_length source and config.max_target_length target tokens; tokens/s
+          counts real target tokens only.
   fixed:  random tokens, 64 x 64 source and target, no padding: the shape of the reference
           figure (REFERENCE below). To compare with it, give the model its sizes:
           --batches=fixed --config.vocab_size=8000 --config.model.emb_dim=256
@@ -37,6 +38,9 @@ from transformer import models
 from transformer import optim
 from transformer import train_lib
 
+# The reference figure's batches: 64 rows of 64 source and 64 target tokens.
+FIXED_ROWS, FIXED_LENGTH = 64, 64
+
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
                                           'Experiment config file (its model is timed).')
 _BATCHES = flags.DEFINE_enum('batches', 'both', ['packed', 'fixed', 'both'],
@@ -46,8 +50,9 @@ _WARMUP = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after the compi
 _TWIN = flags.DEFINE_bool('twin', True, 'Also time the PyTorch twin (pip install -e .[bench]).')
 _ROWS = flags.DEFINE_integer('batch_rows', None,
                              'Rows per batch; default config.batch_size (packed), 64 (fixed).')
-_LENGTH = flags.DEFINE_integer('length', None,
-                               'Tokens per row; default config.max_length (packed), 64 (fixed).')
+_LENGTH = flags.DEFINE_integer('length', FIXED_LENGTH,
+                               'Source and target tokens per row of the fixed batches (packed '
+                               'batches take config.max_length/max_target_length).')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 10, 'Distinct batches the steps cycle over.')
 _MATMUL_SIZE = flags.DEFINE_integer('peak_matmul_size', 2048, 'Matrix size of the CPU peak.')
 
@@ -56,7 +61,6 @@ _MATMUL_SIZE = flags.DEFINE_integer('peak_matmul_size', 2048, 'Matrix size of th
 IWSLT2017_EPOCH_TARGET_TOKENS = 4_500_000
 EPOCHS_PER_RUN = 50
 SEED_SECONDS_PER_EPOCH = 290  # The seed project's measured epoch (~4 h for 50 epochs).
-FIXED_SHAPE = (64, 64)  # Rows x length of the reference figure's batches.
 REFERENCE = ('Reference, same kind of 2-core CPU, fp32, vocab 8k, d_model 256, FFN 1024, '
              '4 heads, 3+3 layers, fixed 64x64 batches: jnp.dot ~100 GFLOP/s; Flax '
              'examples/wmt step ~990 target tok/s (47% of peak); torch.nn.Transformer twin '
@@ -186,39 +190,40 @@ def main(argv):
     run_config = config.copy_and_resolve_references()
     if kind == 'packed':
       run_config.batch_size = _ROWS.value or config.batch_size
-      run_config.max_length = _LENGTH.value or config.max_length
       batches = packed_batches(run_config, _NUM_BATCHES.value)
     else:
-      rows, length = _ROWS.value or FIXED_SHAPE[0], _LENGTH.value or FIXED_SHAPE[1]
-      batches = fixed_batches(run_config, rows, length, _NUM_BATCHES.value)
-    rows, length = batches[0]['targets'].shape
+      batches = fixed_batches(run_config, _ROWS.value or FIXED_ROWS, _LENGTH.value,
+                              _NUM_BATCHES.value)
+    rows, source_len = batches[0]['inputs'].shape
+    length = batches[0]['targets'].shape[1]
+    shape = f'{rows} x {source_len}/{length}'
     efficiency = np.mean([_real_tokens(b) / b['targets'].size for b in batches])
-    flops = model_flops.train_step_flops(model_config, batch=rows, source_len=length,
+    flops = model_flops.train_step_flops(model_config, batch=rows, source_len=source_len,
                                          target_len=length)
-    logging.info('Timing JAX on %s batches %d x %d.', kind, rows, length)
+    logging.info('Timing JAX on %s batches %s.', kind, shape)
     jax_timing, xla_flops, params = time_jax(run_config, batches, _STEPS.value, _WARMUP.value)
     timings = {'jax': jax_timing}
     if _TWIN.value:
-      logging.info('Timing PyTorch on %s batches %d x %d.', kind, rows, length)
+      logging.info('Timing PyTorch on %s batches %s.', kind, shape)
       timings['torch'] = time_torch(run_config, params, batches, _STEPS.value, _WARMUP.value)
       if equivalence is None:
         equivalence = (kind, *eval_losses(run_config, params, batches[0]))
     for name, timing in timings.items():
       achieved = flops / timing.median
-      rows_table.append((kind, name, f'{rows} x {length}', f'{100 * efficiency:.1f}%',
+      rows_table.append((kind, name, shape, f'{100 * efficiency:.1f}%',
                          f'{1e3 * timing.median:.1f}', f'{timing.tokens_per_second:,.0f}',
                          f'{rows * length / timing.median:,.0f}', f'{achieved / 1e9:,.1f}',
                          f'{100 * achieved / peak:.1f}%'))
       epoch = IWSLT2017_EPOCH_TARGET_TOKENS / timing.tokens_per_second
       epoch_lines.append(f'  {kind:6s} {name:5s}  {epoch:8,.0f} s/epoch   '
                          f'{EPOCHS_PER_RUN} epochs: {_hours(EPOCHS_PER_RUN * epoch)}')
-    flops_lines.append(f'  {kind} {rows} x {length}: formula {flops / 1e9:,.3f} GFLOP, '
+    flops_lines.append(f'  {kind} {shape}: formula {flops / 1e9:,.3f} GFLOP, '
                        f'XLA cost analysis {xla_flops / 1e9:,.3f} GFLOP, '
                        f'formula / XLA = {flops / xla_flops:.3f}')
     if 'torch' in timings:
       ratio_lines.append(f'  {kind}: {jax_timing.median / timings["torch"].median:.2f}')
 
-  header = ('batches', 'framework', 'rows x len', 'real tgt', 'step ms', 'real tgt tok/s',
+  header = ('batches', 'framework', 'rows x src/tgt', 'real tgt', 'step ms', 'real tgt tok/s',
             'all tgt tok/s', 'model GFLOP/s', 'MFU')
   widths = [max(len(str(r[i])) for r in [header, *rows_table]) for i in range(len(header))]
   line = lambda r: '  '.join(str(c).rjust(w) for c, w in zip(r, widths))

@@ -24,8 +24,11 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
   config.data_dir = ''  # TFDS data_dir for prepared data and vocabularies; '' = TFDS default.
   config.manual_dir = ''  # Folder holding the IWSLT fr-en.tgz/zip; '' = <data_dir>/downloads/manual.
   config.vocab_size = 16_000  # Joint sentencepiece vocabulary size (ids: pad 0, eos 1, unk 2).
-  config.max_length = 128  # Tokens per packed training row; longer training pairs are skipped.
-  config.batch_size = 64  # Packed rows per global batch (all devices): max_length*batch_size tokens.
+  config.max_length = 128  # Tokens per packed source row; longer training pairs are skipped.
+  # Tokens per packed target row. French takes ~14% more pieces than English, so equal rows
+  # would leave ~17% of target positions as padding (measured on the Bible: 83% -> 92% real).
+  config.max_target_length = 112
+  config.batch_size = 64  # Packed rows per global batch (all devices).
   config.eval_batch_size = 64  # Sentences per evaluation/decoding batch (all devices).
   config.shuffle_buffer_seed_offset = 0  # Added to `seed` for the data order only.
 
@@ -93,6 +96,7 @@ def _make_small(config: ml_collections.ConfigDict) -> None:
   config.dataset_name = 'bible_fr_en'
   config.vocab_size = 4_000
   config.max_length = 128
+  config.max_target_length = 112
   config.batch_size = 16
   config.eval_batch_size = 16
   config.model.emb_dim = 128

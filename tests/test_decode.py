@@ -29,7 +29,8 @@ def workdir(bible_config, tmp_path_factory):
   """A workdir trained for 2 steps at a tiny size (made once per session)."""
   from transformer import train_lib  # pylint: disable=g-import-not-at-top
   config = bible_config.copy_and_resolve_references()
-  config.update(dict(num_train_steps=2, batch_size=4, max_length=32, eval_every_steps=2,
+  config.update(dict(num_train_steps=2, batch_size=4, max_length=32, max_target_length=28,
+                     eval_every_steps=2,
                      checkpoint_every_steps=2, diagnostics_every_steps=0,
                      num_eval_bleu_sentences=4))
   config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1,

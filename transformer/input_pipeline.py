@@ -5,7 +5,8 @@ hundred thousand short pairs, seconds of sentencepiece time), so that the grain 
 below it is a pure index-based map over a list: exactly reproducible, and its iterator state
 is a few integers however far into training it is.
 
-A batch is a dict of int32 arrays, each [config.batch_size // process_count, max_length]:
+A batch is a dict of int32 arrays with config.batch_size // process_count rows, source
+features config.max_length long and target features config.max_target_length long:
 `inputs`, `targets` (each sentence followed by eos=1, then padding 0), and for packing
 `inputs_segmentation`/`targets_segmentation` (1, 2, 3, ... per sentence in a row, 0 on
 padding) and `inputs_position`/`targets_position` (0-based position within its sentence).
@@ -77,12 +78,22 @@ def _check_batch_size(config: ml_collections.ConfigDict, process_count: int) -> 
   return config.batch_size // process_count
 
 
+def _row_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Tokens per packed row of each side (the target row is shorter: English is terser)."""
+  return {'inputs': config.max_length, 'targets': config.max_target_length}
+
+
+def batch_shapes(config: ml_collections.ConfigDict, rows: int) -> dict[str, tuple[int, int]]:
+  """The shape of every feature of a batch with `rows` rows."""
+  lengths = _row_lengths(config)
+  return {name: (rows, lengths[name.split('_')[0]]) for name in FEATURES}
+
+
 def _pack_and_batch(dataset: grain.IterDataset, config: ml_collections.ConfigDict,
                     rows: int, *, drop_remainder: bool) -> grain.IterDataset:
-  length = config.max_length
   dataset = grain.experimental.BestFitPackIterDataset(
       dataset,
-      length_struct={'inputs': length, 'targets': length},
+      length_struct=_row_lengths(config),
       num_packing_bins=rows * _BINS_PER_ROW,
       seed=config.seed + config.shuffle_buffer_seed_offset,
       shuffle_bins=drop_remainder,  # Shuffled for training; evaluation keeps corpus order.
@@ -100,18 +111,19 @@ def make_train_iterator(config: ml_collections.ConfigDict,
 
   Process `i` reads pairs i, i + n, i + 2n, ... of the training split (n = process_count),
   reshuffled every epoch with seed config.seed + config.shuffle_buffer_seed_offset. Pairs
-  longer than max_length tokens (eos included) on either side are skipped and counted.
+  longer than their side's row (eos included) are skipped and counted.
   The iterator has get_state()/set_state(); see the module docstring for checkpoints.
   """
   rows = _check_batch_size(config, process_count)
   examples = tokenize_pairs(load_pairs(config, 'train'), tokenizer)
-  kept = [e for e in examples
-          if max(len(e['inputs']), len(e['targets'])) <= config.max_length]
-  logging.info('%s train: %d pairs, %d skipped as longer than %d tokens.',
-               config.dataset_name, len(kept), len(examples) - len(kept), config.max_length)
+  lengths = _row_lengths(config)
+  kept = [e for e in examples if all(len(e[k]) <= n for k, n in lengths.items())]
+  logging.info('%s train: %d pairs, %d skipped as longer than %d source or %d target tokens.',
+               config.dataset_name, len(kept), len(examples) - len(kept),
+               lengths['inputs'], lengths['targets'])
   if not kept:
     raise ValueError(f'No training pair of {config.dataset_name} fits in max_length '
-                     f'{config.max_length}.')
+                     f'{config.max_length} and max_target_length {config.max_target_length}.')
   dataset = grain.MapDataset.source(kept)[process_index::process_count]
   # shuffle-then-repeat draws a new permutation for every epoch.
   dataset = dataset.shuffle(seed=config.seed + config.shuffle_buffer_seed_offset).repeat()
@@ -131,24 +143,24 @@ def make_eval_iterator(config: ml_collections.ConfigDict,
                        process_count: int = 1) -> Iterator[Batch]:
   """Returns one deterministic pass over `split` in training-shaped packed batches.
 
-  Every pair is kept: one longer than max_length is truncated to max_length tokens, its last
+  Every pair is kept: a side longer than its row is truncated to the row, its last
   kept token replaced by eos, so the loss covers the whole split (BLEU uses load_pairs, not
   this). Missing rows of the last batch are all zeros (segmentation 0 = no loss). All
   processes get the same number of batches (padded with all-zero batches), so a collective
   eval step cannot wait on a process that has run out.
   """
   rows = _check_batch_size(config, process_count)
-  length = config.max_length
+  lengths = _row_lengths(config)
   examples = tokenize_pairs(load_pairs(config, split), tokenizer)
   truncated = 0
   for e in examples:
-    for key in ('inputs', 'targets'):
+    for key, length in lengths.items():
       if len(e[key]) > length:
         e[key] = np.concatenate([e[key][:length - 1], [tokenizer.eos_id]]).astype(np.int32)
         truncated += 1
   if truncated:
-    logging.info('%s %s: truncated %d sentences longer than %d tokens.',
-                 config.dataset_name, split, truncated, length)
+    logging.info('%s %s: truncated %d sentences longer than their %d/%d-token rows.',
+                 config.dataset_name, split, truncated, lengths['inputs'], lengths['targets'])
   shards = []
   for index in range(process_count):
     dataset = grain.MapDataset.source(examples)[index::process_count].to_iter_dataset()
@@ -156,6 +168,6 @@ def make_eval_iterator(config: ml_collections.ConfigDict,
     shards.append([_pad_rows(b, rows) for b in batches])
   num_batches = max(len(s) for s in shards)
   own = shards[process_index]
-  empty = {k: np.zeros((rows, length), np.int32) for k in FEATURES}
+  empty = {k: np.zeros(shape, np.int32) for k, shape in batch_shapes(config, rows).items()}
   own += [empty] * (num_batches - len(own))
   return iter(own)
