@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 
+from benchmarks import batches as batches_lib
 from benchmarks import machine
 from benchmarks import model_flops
 from transformer import input_pipeline
@@ -37,9 +38,6 @@ from transformer import losses
 from transformer import models
 from transformer import optim
 from transformer import train_lib
-
-# The reference figure's batches: 64 rows of 64 source and 64 target tokens.
-FIXED_ROWS, FIXED_LENGTH = 64, 64
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
                                           'Experiment config file (its model is timed).')
@@ -50,7 +48,7 @@ _WARMUP = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after the compi
 _TWIN = flags.DEFINE_bool('twin', True, 'Also time the PyTorch twin (pip install -e .[bench]).')
 _ROWS = flags.DEFINE_integer('batch_rows', None,
                              'Rows per batch; default config.batch_size (packed), 64 (fixed).')
-_LENGTH = flags.DEFINE_integer('length', FIXED_LENGTH,
+_LENGTH = flags.DEFINE_integer('length', batches_lib.FIXED_LENGTH,
                                'Source and target tokens per row of the fixed batches (packed '
                                'batches take config.max_length/max_target_length).')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 10, 'Distinct batches the steps cycle over.')
@@ -80,20 +78,6 @@ class Timing:
   @property
   def tokens_per_second(self) -> float:
     return self.real_tokens / sum(self.seconds)
-
-
-def packed_batches(config, count: int) -> list[dict[str, np.ndarray]]:
-  """The first `count` training batches of the real pipeline (tokenizer trained if needed)."""
-  tokenizer = input_pipeline.prepare(config)
-  iterator = input_pipeline.make_train_iterator(config, tokenizer)
-  return [next(iterator) for _ in range(count)]
-
-
-def fixed_batches(config, rows: int, length: int, count: int) -> list[dict[str, np.ndarray]]:
-  """Unpacked batches of random non-padding tokens (ids 1 .. vocab-1), no segments."""
-  rng = np.random.default_rng(config.seed)
-  make = lambda: rng.integers(1, config.vocab_size, (rows, length), dtype=np.int32)
-  return [{'inputs': make(), 'targets': make()} for _ in range(count)]
 
 
 def _real_tokens(batch) -> int:
@@ -190,10 +174,10 @@ def main(argv):
     run_config = config.copy_and_resolve_references()
     if kind == 'packed':
       run_config.batch_size = _ROWS.value or config.batch_size
-      batches = packed_batches(run_config, _NUM_BATCHES.value)
+      batches = batches_lib.packed_batches(run_config, _NUM_BATCHES.value)
     else:
-      batches = fixed_batches(run_config, _ROWS.value or FIXED_ROWS, _LENGTH.value,
-                              _NUM_BATCHES.value)
+      batches = batches_lib.fixed_batches(
+          run_config, _ROWS.value or batches_lib.FIXED_ROWS, _LENGTH.value, _NUM_BATCHES.value)
     rows, source_len = batches[0]['inputs'].shape
     length = batches[0]['targets'].shape[1]
     shape = f'{rows} x {source_len}/{length}'

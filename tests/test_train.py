@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import conftest
+from transformer import checkpoints
 from transformer import input_pipeline
 from transformer import metrics as metrics_lib
 from transformer import optim
@@ -77,6 +78,22 @@ def test_resume_with_another_model_is_a_clear_error(bible_config, tmp_path):
   with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
     train_lib.train_and_evaluate(tiny(bible_config, **{'model.emb_dim': 32}), str(tmp_path))
 
+
+
+def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_path):
+  """eval_every_steps=0 scores no checkpoint: decoding 'best' then means the last state."""
+  config = tiny(bible_config, num_train_steps=6)  # Checkpoints at steps 4 and 6.
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  abstract = jax.eval_shape(functools.partial(
+      train_lib.init_state, config, train_lib.make_model(config), optim.make_optimizer(config),
+      (1, config.max_length)))
+  best, best_step = checkpoints.restore_params(str(tmp_path), 'best', abstract)
+  step_4, _ = checkpoints.restore_params(str(tmp_path), '4', abstract)
+  latest_step, latest = final_state(str(tmp_path))
+  assert best_step == latest_step == 6
+  jax.tree.map(np.testing.assert_array_equal, best.params, latest['params'])
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(best.params), jax.tree.leaves(step_4.params)))
 
 def _run_steps(config, mesh, batches, state=None):
   model = train_lib.make_model(config, axis_name=train_lib.AXIS)

@@ -1,0 +1,42 @@
+"""benchmarks/profile_trace.py: trace events grouped into op kinds, per step."""
+
+import gzip
+import json
+
+import pytest
+
+from benchmarks import profile_trace
+
+
+@pytest.mark.parametrize('name, kind', [
+    ('ynn_fusion.346', 'matrix multiplication'),
+    ('dot.12', 'matrix multiplication'),
+    ('copy.3', 'layout copies / transposes'),
+    ('copy_bitcast_fusion.12', 'layout copies / transposes'),
+    ('transpose_copy_fusion', 'layout copies / transposes'),
+    ('broadcast_add_fusion.2', 'other fusions (elementwise, reductions)'),
+    ('wrapped_exponential', 'other fusions (elementwise, reductions)'),
+    ('while.845', 'rest (control flow, collectives, RNG keys)'),
+    ('all-reduce', 'rest (control flow, collectives, RNG keys)'),
+])
+def test_op_kind(name, kind):
+  assert profile_trace.op_kind(name) == kind
+
+
+def test_summarize_sums_ops_per_step_and_skips_enclosing_events(tmp_path):
+  events = [
+      {'ph': 'X', 'name': 'ThunkExecutor::Execute', 'dur': 9_000},  # Encloses the ops.
+      {'ph': 'X', 'name': '$api.py:2479 block_until_ready', 'dur': 9_000},
+      {'ph': 'X', 'name': 'ynn_fusion.1', 'dur': 3_000},
+      {'ph': 'X', 'name': 'ynn_fusion.1', 'dur': 1_000},
+      {'ph': 'X', 'name': 'copy.7', 'dur': 500},
+      {'ph': 'X', 'name': 'add_fusion', 'dur': 1_500},
+      {'ph': 'i', 'name': 'copy.7', 'dur': 99_000},  # An instant event, not a duration.
+  ]
+  path = tmp_path / 'host.trace.json.gz'
+  with gzip.open(path, 'wt') as f:
+    json.dump({'traceEvents': events}, f)
+  by_kind, per_op = profile_trace.summarize(str(path), steps=2)
+  assert by_kind == {'matrix multiplication': 2.0, 'layout copies / transposes': 0.25,
+                     'other fusions (elementwise, reductions)': 0.75}
+  assert per_op == [('ynn_fusion.1', 2.0), ('add_fusion', 0.75), ('copy.7', 0.25)]
