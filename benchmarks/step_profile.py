@@ -39,6 +39,7 @@ _STEPS = flags.DEFINE_integer('steps', 3, 'Traced steps.')
 _TRACE_DIR = flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a temp dir).')
 _TOP = flags.DEFINE_integer('top', 12, 'Single ops listed after the table of kinds.')
 
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')

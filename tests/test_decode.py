@@ -13,6 +13,7 @@ import pytest
 
 from transformer import attention_maps
 from transformer import decode_lib
+from transformer import decoding
 from transformer import translate
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -169,6 +170,36 @@ def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
   if noise:
     assert len({t for ids in cached for t in ids}) >= 4  # Not one repeated token.
 
+
+
+def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(trained):
+  """translate keeps the source mask and cross keys/values out of the beam reorder.
+
+  Reference: decoding.beam_search over the model's whole cache, every leaf reordered.
+  """
+  _, tokenizer, model, variables, _ = trained
+  variables = perturbed(variables)
+  translator = translate.Translator(model, tokenizer, batch_size=4)
+  sources = translator.encode_sources([MEDIUM, SHORT, MIDDLE, 'Et le soir vint.'])
+  search = translate.SearchConfig(beam_size=4, max_decode_len=8)
+  got = translator.translate_ids(variables, sources, search)
+
+  host_variables = jax.tree.map(np.asarray, variables)
+  rows = np.zeros((len(sources), translate.bucket_length(max(map(len, sources)), MAX_LEN)),
+                  np.int32)
+  for row, source in zip(rows, sources):
+    row[:len(source)] = source
+  cache = model.apply(host_variables, rows, 8, method=model.init_cache)
+
+  def step_fn(tokens, cache):
+    logits, cache = model.apply(host_variables, cache, tokens, method=model.decode_step)
+    return logits.at[:, 0].set(-jnp.inf), cache
+
+  sequences, _ = decoding.beam_search(step_fn, cache, batch_size=len(sources), beam_size=4,
+                                      max_decode_len=8, length_penalty=search.length_penalty)
+  expected = [translate._strip(np.asarray(s), tokenizer.eos_id) for s in sequences[:, 0]]  # pylint: disable=protected-access
+  assert got == expected
+  assert len({tuple(t) for t in got}) >= 3  # Sentences differ, so a row mix-up would show.
 
 def test_attention_maps(trained, tmp_path):
   config, tokenizer, model, variables, _ = trained
