@@ -13,7 +13,6 @@ threads exceeds the step time when ops run side by side. On CPU, op-level events
 XLA's `--xla_cpu_enable_xprof_traceme`, which this script adds to XLA_FLAGS.
 """
 
-import functools
 import glob
 import os
 import tempfile
@@ -22,14 +21,11 @@ import time
 from absl import app
 from absl import flags
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from benchmarks import batches as batches_lib
 from benchmarks import machine
 from benchmarks import profile_trace
-from transformer import optim
-from transformer import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
                                           'Experiment config file (its model is profiled).')
@@ -50,15 +46,8 @@ def main(argv):
   batches = (batches_lib.packed_batches(config, 4) if _BATCHES.value == 'packed' else
              batches_lib.fixed_batches(config, batches_lib.FIXED_ROWS,
                                        batches_lib.FIXED_LENGTH, 4))
-  mesh = train_lib.make_mesh()
-  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
-  tx = optim.make_optimizer(config)
-  state = jax.jit(functools.partial(train_lib.init_state, config, train_lib.make_model(config),
-                                    tx, (1, config.max_length)),
-                  out_shardings=NamedSharding(mesh, P()))()
-  device_batches = [train_lib.shard_batch(b, mesh) for b in batches]
-  step = train_lib.compile_steps(config, model, tx, mesh).train
-  for i in range(3):  # Compile and warm up.
+  step, state, device_batches = batches_lib.jax_train_step(config, batches)
+  for i in range(3):  # Warm up.
     state, metrics = step(state, device_batches[i % len(device_batches)])
   jax.block_until_ready((state, metrics))
 

@@ -18,7 +18,6 @@ MFU is model FLOPs (benchmarks/model_flops.py) over the device peak (benchmarks/
 """
 
 import dataclasses
-import functools
 import statistics
 import time
 
@@ -26,17 +25,14 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import batches as batches_lib
 from benchmarks import machine
 from benchmarks import model_flops
-from transformer import input_pipeline
 from transformer import losses
 from transformer import models
-from transformer import optim
 from transformer import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
@@ -86,19 +82,10 @@ def _real_tokens(batch) -> int:
 
 def time_jax(config, batches, steps: int, warmup: int):
   """Times train_lib's step; returns (Timing, XLA FLOPs per step, initial params)."""
-  mesh = train_lib.make_mesh()
-  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
-  tx = optim.make_optimizer(config)
-  init = jax.jit(functools.partial(train_lib.init_state, config, train_lib.make_model(config),
-                                   tx, (1, batches[0]['targets'].shape[1])),
-                 out_shardings=NamedSharding(mesh, P()))
-  state = init()
-  initial_params = jax.device_get(state.params)
-  device_batches = [train_lib.shard_batch(b, mesh) for b in batches]
   start = time.perf_counter()
-  step = train_lib.compile_steps(config, model, tx, mesh).train.lower(
-      state, device_batches[0]).compile()
-  logging.info('JAX step compiled in %.1f s.', time.perf_counter() - start)
+  step, state, device_batches = batches_lib.jax_train_step(config, batches)
+  logging.info('JAX step built and compiled in %.1f s.', time.perf_counter() - start)
+  initial_params = jax.device_get(state.params)
   cost = step.cost_analysis()
   xla_flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
   for i in range(1 + warmup):

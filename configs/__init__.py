@@ -3,11 +3,20 @@
 `python -m configs` prints each variant's differences from the base config, at both scales.
 """
 
+import glob
+import os
 from typing import Any
 
 import ml_collections
 
 _MISSING = object()
+
+
+def variant_names() -> list[str]:
+  """Every variant file in this folder, sorted (base.py and private modules excluded)."""
+  folder = os.path.dirname(os.path.abspath(__file__))
+  names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(f'{folder}/*.py')]
+  return sorted(n for n in names if not n.startswith('_') and n != 'base')
 
 
 def config_diff(variant: ml_collections.ConfigDict,

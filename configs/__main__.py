@@ -1,25 +1,17 @@
 """Prints every variant's differences from base.py: `python -m configs [--scale=small]`."""
 
 import argparse
-import glob
 import importlib
-import os
 
 import configs
 from configs import base
-
-
-def variant_names() -> list[str]:
-  folder = os.path.dirname(os.path.abspath(__file__))
-  names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(f'{folder}/*.py')]
-  return sorted(n for n in names if not n.startswith('_') and n != 'base')
 
 
 def variant_table(scale: str) -> str:
   """A Markdown table: variant | field | base value | variant value."""
   reference = base.get_config(scale)
   rows = ['| variant | field | base | variant |', '|---|---|---|---|']
-  for name in variant_names():
+  for name in configs.variant_names():
     variant = importlib.import_module(f'configs.{name}').get_config(scale)
     diff = configs.config_diff(variant, reference)
     if not diff:

@@ -40,9 +40,10 @@ _TIMEOUT = 600  # Seconds any one run may take.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny model, evaluation off (BLEU decoding would dominate), a checkpoint every 2 steps.
 TINY = {
-    'batch_size': 4, 'max_length': 32, 'max_target_length': 28, 'model.emb_dim': 16, 'model.qkv_dim': 16,
-    'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1, 'eval_every_steps': 0,
-    'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0, 'log_every_steps': 1,
+    'batch_size': 4, 'max_length': 32, 'max_target_length': 28, 'model.emb_dim': 16,
+    'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1,
+    'eval_every_steps': 0, 'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0,
+    'log_every_steps': 1,
 }
 
 

@@ -96,9 +96,10 @@ def bible_tokenizer(bible_config):
 
 # A 1+1-layer, 16-wide model on 4 x 32/28-token batches, no evaluation: seconds a run on a CPU.
 TINY = {
-    'batch_size': 4, 'max_length': 32, 'max_target_length': 28, 'model.emb_dim': 16, 'model.qkv_dim': 16,
-    'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1, 'eval_every_steps': 0,
-    'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0, 'log_every_steps': 1,
+    'batch_size': 4, 'max_length': 32, 'max_target_length': 28, 'model.emb_dim': 16,
+    'model.qkv_dim': 16, 'model.mlp_dim': 32, 'model.num_heads': 2, 'model.num_layers': 1,
+    'eval_every_steps': 0, 'checkpoint_every_steps': 2, 'diagnostics_every_steps': 0,
+    'log_every_steps': 1,
 }
 
 

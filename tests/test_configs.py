@@ -10,7 +10,7 @@ import configs
 from configs import __main__ as configs_main
 from configs import base
 
-VARIANTS = configs_main.variant_names()
+VARIANTS = configs.variant_names()
 STUDY = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero', 'no_dropout',
          'strong_dropout', 'label_smoothing', 'r_drop')
 

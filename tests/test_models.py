@@ -10,11 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+import configs
 from configs import base
-from configs import __main__ as configs_main
 from transformer import models
 
-VARIANTS = configs_main.variant_names()
+VARIANTS = configs.variant_names()
 Transformer = models.Transformer
 
 # Source length 5, target length 3; row 1 is padded in both.

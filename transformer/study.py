@@ -9,7 +9,6 @@ runs form the warm-up ablation (post-LN and pre-LN with no warm-up). The report,
 test_result.json files only.
 """
 
-import glob
 import importlib
 import json
 import os
@@ -21,12 +20,11 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+import configs
 from transformer import checkpoints
 from transformer import report
 from transformer import train_lib
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          'configs')
 STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero',
                   'no_dropout', 'strong_dropout', 'label_smoothing', 'r_drop')
 # The warm-up ablation (Xiong et al. 2020): without warm-up, post-LN is expected to fail
@@ -41,10 +39,9 @@ RESULT_FILE = 'test_result.json'
 
 def variant_names() -> list[str]:
   """Every variant file in configs/ (the study's ten first, then any extras)."""
-  found = sorted(os.path.splitext(os.path.basename(p))[0]
-                 for p in glob.glob(os.path.join(CONFIG_DIR, '*.py')))
-  extras = [n for n in found if n not in STUDY_VARIANTS and n != 'base' and not n.startswith('_')]
-  return [n for n in STUDY_VARIANTS if n in found] + extras
+  found = configs.variant_names()
+  return ([n for n in STUDY_VARIANTS if n in found] +
+          [n for n in found if n not in STUDY_VARIANTS])
 
 
 def load_variant(name: str, scale: str) -> ml_collections.ConfigDict:
