@@ -1,9 +1,16 @@
 """XLA op time from a jax.profiler (Perfetto) trace, grouped by kind of op."""
 
 import collections
+import glob
 import gzip
 import json
+import os
 import re
+import tempfile
+import time
+from typing import Callable, Optional
+
+import jax
 
 # Trace events that enclose others (the executor, Python frames): not ops themselves.
 _ENCLOSING = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'PjitFunction', 'CommonPjRt',
@@ -16,6 +23,8 @@ def op_kind(name: str) -> str:
     return 'matrix multiplication'
   if name.startswith(('copy', 'transpose')) or re.match(r'\w*(copy|transpose)\w*_fusion', name):
     return 'layout copies / transposes'
+  if name.startswith('gather') or re.match(r'\w*gather\w*_fusion', name):
+    return 'gathers (e.g. beam reordering)'
   if 'fusion' in name or name.startswith('wrapped_'):
     return 'other fusions (elementwise, reductions)'
   return 'rest (control flow, collectives, RNG keys)'
@@ -33,3 +42,42 @@ def summarize(trace_file: str, steps: int) -> tuple[dict[str, float], list[tuple
   for name, ms in per_op.items():
     by_kind[op_kind(name)] += ms
   return dict(by_kind), sorted(per_op.items(), key=lambda item: -item[1])
+
+
+def enable_op_events() -> None:
+  """Asks XLA:CPU for one trace event per op; call before JAX starts its CPU client."""
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_cpu_enable_xprof_traceme=true').strip()
+
+
+def trace(run: Callable[[], object], repeats: int, trace_dir: Optional[str] = None):
+  """Traces `repeats` calls of `run` (which must block until its work is done).
+
+  Returns (wall ms per call, ms per call by kind, [(op, ms per call)] heaviest first,
+  trace_dir). The wall time is a little longer than untraced.
+  """
+  trace_dir = trace_dir or tempfile.mkdtemp(prefix='profile_')
+  start = time.perf_counter()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for _ in range(repeats):
+      run()
+  wall_ms = 1e3 * (time.perf_counter() - start) / repeats
+  trace_file = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'),
+                                recursive=True))[-1]
+  by_kind, per_op = summarize(trace_file, repeats)
+  if not by_kind:
+    raise RuntimeError(f'{trace_file} holds no XLA op events: was the backend started before '
+                       'enable_op_events()?')
+  return wall_ms, by_kind, per_op, trace_dir
+
+
+def print_table(by_kind: dict[str, float], per_op: list[tuple[str, float]], *, unit: str,
+                top: int) -> None:
+  """The op time by kind with shares, then the `top` heaviest single ops."""
+  total = sum(by_kind.values())
+  print(f'{"op kind":44s} {f"ms/{unit} (all threads)":>22s} {"share":>6s}')
+  for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
+    print(f'{kind:44s} {ms:22.1f} {ms / total:6.1%}')
+  print(f'{"total":44s} {total:22.1f}\n\nHeaviest single ops (ms/{unit}):')
+  for name, ms in per_op[:top]:
+    print(f'  {ms:8.1f}  {name}')

@@ -13,11 +13,6 @@ threads exceeds the step time when ops run side by side. On CPU, op-level events
 XLA's `--xla_cpu_enable_xprof_traceme`, which this script adds to XLA_FLAGS.
 """
 
-import glob
-import os
-import tempfile
-import time
-
 from absl import app
 from absl import flags
 import jax
@@ -39,9 +34,7 @@ _TOP = flags.DEFINE_integer('top', 12, 'Single ops listed after the table of kin
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Read when the CPU client starts, which is below (no JAX computation has run yet).
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_cpu_enable_xprof_traceme=true').strip()
+  profile_trace.enable_op_events()  # No JAX computation has run yet.
   config = _CONFIG.value
   batches = (batches_lib.packed_batches(config, 4) if _BATCHES.value == 'packed' else
              batches_lib.fixed_batches(config, batches_lib.FIXED_ROWS,
@@ -51,20 +44,15 @@ def main(argv):
     state, metrics = step(state, device_batches[i % len(device_batches)])
   jax.block_until_ready((state, metrics))
 
-  trace_dir = _TRACE_DIR.value or tempfile.mkdtemp(prefix='step_profile_')
-  start = time.perf_counter()
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    for i in range(_STEPS.value):
-      state, metrics = step(state, device_batches[i % len(device_batches)])
-    jax.block_until_ready((state, metrics))
-  step_ms = 1e3 * (time.perf_counter() - start) / _STEPS.value
-  trace_file = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'),
-                                recursive=True))[-1]
-  by_kind, per_op = profile_trace.summarize(trace_file, _STEPS.value)
-  if not by_kind:
-    raise RuntimeError(f'{trace_file} holds no XLA op events: was the backend started before '
-                       'XLA_FLAGS was set?')
-  total = sum(by_kind.values())
+  batch_index = iter(range(3, 3 + _STEPS.value))
+
+  def one_step():
+    nonlocal state
+    state, metrics = step(state, device_batches[next(batch_index) % len(device_batches)])
+    jax.block_until_ready(metrics)
+
+  step_ms, by_kind, per_op, trace_dir = profile_trace.trace(one_step, _STEPS.value,
+                                                            _TRACE_DIR.value)
 
   rows, length = batches[0]['targets'].shape
   print(f'\nWhere a training step goes: {config.scale} config, d_model {config.model.emb_dim}, '
@@ -74,12 +62,7 @@ def main(argv):
     print(f'  {key:12s} {value}')
   print(f'  step         {step_ms:.0f} ms wall (traced, so a little slower than untraced)')
   print(f'  trace        {trace_dir}\n')
-  print(f'{"op kind":44s} {"ms/step (all threads)":>22s} {"share":>6s}')
-  for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
-    print(f'{kind:44s} {ms:22.1f} {ms / total:6.1%}')
-  print(f'{"total":44s} {total:22.1f}\n\nHeaviest single ops (ms/step):')
-  for name, ms in per_op[:_TOP.value]:
-    print(f'  {ms:8.1f}  {name}')
+  profile_trace.print_table(by_kind, per_op, unit='step', top=_TOP.value)
 
 
 if __name__ == '__main__':

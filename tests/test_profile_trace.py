@@ -14,6 +14,8 @@ from benchmarks import profile_trace
     ('copy.3', 'layout copies / transposes'),
     ('copy_bitcast_fusion.12', 'layout copies / transposes'),
     ('transpose_copy_fusion', 'layout copies / transposes'),
+    ('gather_bitcast_fusion.3', 'gathers (e.g. beam reordering)'),
+    ('gather.1', 'gathers (e.g. beam reordering)'),
     ('broadcast_add_fusion.2', 'other fusions (elementwise, reductions)'),
     ('wrapped_exponential', 'other fusions (elementwise, reductions)'),
     ('while.845', 'rest (control flow, collectives, RNG keys)'),

@@ -140,6 +140,11 @@ def masked_rms(x: Array, mask: Array | None) -> Array:
   return jnp.sqrt(jnp.sum(sq * weight) / jnp.maximum(jnp.sum(weight), 1.0))
 
 
+def _heads_major(x: Array) -> Array:
+  """[batch, positions, heads, head_dim] -> [batch, heads, positions, head_dim]."""
+  return jnp.swapaxes(x, 1, 2)
+
+
 class MultiHeadAttention(nn.Module):
   """Scaled dot-product attention over precomputed keys/values, so a cache can supply them.
 
@@ -178,6 +183,20 @@ class MultiHeadAttention(nn.Module):
     else:
       out = self._einsum_attention(query, keys, values, mask, train)
     return self.out(out)
+
+  def attend_cached(self, x, keys, values, mask):
+    """One decoding position against a cache laid out [batch, heads, keys, head_dim].
+
+    x [batch, 1, emb]; mask boolean, broadcastable to [batch, heads, keys]. The heads-major
+    layout lets both contractions run as batched matmuls over (batch, heads) straight from
+    the cache: with [batch, keys, heads, head_dim] XLA transposes the whole cache every step.
+    """
+    query = self.query(x)[:, 0]  # [batch, heads, head_dim]
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum('bhd,bhkd->bhk', query * scale, keys).astype(jnp.float32)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+    return self.out(jnp.einsum('bhk,bhkd->bhd', weights, values)[:, None])
 
   def _einsum_attention(self, query, keys, values, mask, train):
     scale = query.shape[-1] ** -0.5
@@ -280,14 +299,18 @@ class DecoderLayer(nn.Module):
   def __call__(self, y, encoded, *, self_mask, cross_mask, token_mask, train: bool):
     attend_self = lambda h: self.self_attention(
         h, *self.self_attention.keys_values(h), self_mask, train=train)
-    return self._layer(y, attend_self, self.cross_attention.keys_values(encoded), cross_mask,
-                       token_mask, train)
+    cross_keys_values = self.cross_attention.keys_values(encoded)
+    attend_cross = lambda h: self.cross_attention(h, *cross_keys_values, cross_mask, train=train)
+    return self._layer(y, attend_self, attend_cross, token_mask, train)
 
   def init_layer_cache(self, encoded, max_decode_len: int) -> dict[str, Array]:
-    """Cross-attention keys/values (computed once) and zeroed self-attention buffers."""
-    cross_keys, cross_values = self.cross_attention.keys_values(encoded)
-    shape = (encoded.shape[0], max_decode_len) + cross_keys.shape[2:]
-    zeros = jnp.zeros(shape, cross_keys.dtype)  # [batch, max_decode_len, heads, head_dim]
+    """Cross-attention keys/values (computed once) and zeroed self-attention buffers.
+
+    Every leaf is [batch, heads, positions, head_dim], the layout attend_cached reads.
+    """
+    cross_keys, cross_values = (_heads_major(x) for x in self.cross_attention.keys_values(encoded))
+    shape = cross_keys.shape[:2] + (max_decode_len, cross_keys.shape[3])
+    zeros = jnp.zeros(shape, cross_keys.dtype)
     return dict(self_keys=zeros, self_values=zeros, cross_keys=cross_keys,
                 cross_values=cross_values)
 
@@ -296,23 +319,21 @@ class DecoderLayer(nn.Module):
     cache = dict(cache)
 
     def attend_self(h):
-      keys, values = self.self_attention.keys_values(h)  # [batch, 1, heads, head_dim]
-      at = (0, index, 0, 0)
+      keys, values = (_heads_major(x) for x in self.self_attention.keys_values(h))
+      at = (0, 0, index, 0)
       cache['self_keys'] = jax.lax.dynamic_update_slice(cache['self_keys'], keys, at)
       cache['self_values'] = jax.lax.dynamic_update_slice(cache['self_values'], values, at)
-      visible = jnp.arange(cache['self_keys'].shape[1]) <= index  # [max_decode_len]
-      return self.self_attention(h, cache['self_keys'], cache['self_values'],
-                                 visible[None, None, None, :], train=False)
+      visible = jnp.arange(cache['self_keys'].shape[2]) <= index  # [max_decode_len]
+      return self.self_attention.attend_cached(h, cache['self_keys'], cache['self_values'],
+                                               visible[None, None, :])
 
-    y = self._layer(y, attend_self, (cache['cross_keys'], cache['cross_values']), cross_mask,
-                    None, False)
-    return y, cache
+    attend_cross = lambda h: self.cross_attention.attend_cached(
+        h, cache['cross_keys'], cache['cross_values'], cross_mask)
+    return self._layer(y, attend_self, attend_cross, None, False), cache
 
-  def _layer(self, y, attend_self, cross_keys_values, cross_mask, token_mask, train):
+  def _layer(self, y, attend_self, attend_cross, token_mask, train):
     y = self.self_attention_add_norm(y, attend_self, mask=token_mask, train=train)
-    y = self.cross_attention_add_norm(
-        y, lambda h: self.cross_attention(h, *cross_keys_values, cross_mask, train=train),
-        mask=token_mask, train=train)
+    y = self.cross_attention_add_norm(y, attend_cross, mask=token_mask, train=train)
     return self.mlp_add_norm(y, functools.partial(self.mlp, train=train), mask=token_mask,
                              train=train)
 
@@ -397,8 +418,8 @@ class Transformer(nn.Module):
     """Runs the encoder once and returns the decoding cache for `inputs` [batch, src_len].
 
     Leaves: 'index' (scalar int32, the next position), 'source_mask' [batch, src_len] bool,
-    and per 'decoder_layer_{i}': 'cross_keys'/'cross_values' [batch, src_len, heads,
-    head_dim] computed once, 'self_keys'/'self_values' [batch, max_decode_len, heads,
+    and per 'decoder_layer_{i}': 'cross_keys'/'cross_values' [batch, heads, src_len,
+    head_dim] computed once, 'self_keys'/'self_values' [batch, heads, max_decode_len,
     head_dim] zeroed. Every non-scalar leaf has the batch first, so beam search can
     repeat/gather along axis 0.
     """
@@ -412,7 +433,7 @@ class Transformer(nn.Module):
     index = cache['index']
     positions = jnp.full((tokens.shape[0], 1), index)
     y = self._embed(tokens[:, None], positions, train=False)
-    cross_mask = cache['source_mask'][:, None, None, :]
+    cross_mask = cache['source_mask'][:, None, :]  # [batch, heads, keys] for attend_cached
     layers = {}
     for i, layer in enumerate(self._layers('decoder')):
       name = f'decoder_layer_{i}'
