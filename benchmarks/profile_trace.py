@@ -44,6 +44,32 @@ def summarize(trace_file: str, steps: int) -> tuple[dict[str, float], list[tuple
   return dict(by_kind), sorted(per_op.items(), key=lambda item: -item[1])
 
 
+def op_sources(hlo_text: str) -> dict[str, str]:
+  """{HLO instruction: the JAX operation it came from}, from XLA's op_name metadata.
+
+  Layer and module numbers are folded to '#' (encoder_layer_# covers every layer), the outer
+  jit's name is dropped, and an op fused from several keeps the first, so the ops of one kind
+  of sublayer land in one group.
+  """
+  sources = {}
+  for match in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"',
+                           hlo_text, re.MULTILINE):
+    source = re.sub(r'_\d+\b', '_#', match.group(2).split(';')[0])  # ';' joins fused ops.
+    sources.setdefault(match.group(1), re.sub(r'^jit\([^)]*\)/', '', source))
+  return sources
+
+
+def time_by_source(per_op: list[tuple[str, float]], sources: dict[str, str],
+                   kind: str) -> list[tuple[str, float]]:
+  """[(JAX operation, ms)] of the ops of `kind`, heaviest first; ops without metadata (copies
+  XLA inserts itself) are 'unknown'."""
+  totals = collections.defaultdict(float)
+  for name, ms in per_op:
+    if op_kind(name) == kind:
+      totals[sources.get(name, 'unknown (no op_name: XLA inserted it)')] += ms
+  return sorted(totals.items(), key=lambda item: -item[1])
+
+
 def enable_op_events() -> None:
   """Asks XLA:CPU for one trace event per op; call before JAX starts its CPU client."""
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +

@@ -63,6 +63,11 @@ def main(argv):
   print(f'  step         {step_ms:.0f} ms wall (traced, so a little slower than untraced)')
   print(f'  trace        {trace_dir}\n')
   profile_trace.print_table(by_kind, per_op, unit='step', top=_TOP.value)
+  copies = 'layout copies / transposes'
+  print(f'\n{copies.capitalize()} by the JAX operation XLA fused them with (ms/step):')
+  sources = profile_trace.op_sources(step.as_text())
+  for source, ms in profile_trace.time_by_source(per_op, sources, copies)[:_TOP.value]:
+    print(f'  {ms:8.1f}  {source}')
 
 
 if __name__ == '__main__':

@@ -42,3 +42,37 @@ def test_summarize_sums_ops_per_step_and_skips_enclosing_events(tmp_path):
   assert by_kind == {'matrix multiplication': 2.0, 'layout copies / transposes': 0.25,
                      'other fusions (elementwise, reductions)': 0.75}
   assert per_op == [('ynn_fusion.1', 2.0), ('add_fusion', 0.75), ('copy.7', 0.25)]
+
+
+_HLO = '''
+fused_computation.3 {
+  %p = f32[8,4]{1,0} parameter(0)
+}
+ENTRY %main.9 {
+  %copy_bitcast_fusion.12 = f32[4,8]{1,0} fusion(%p), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(train_step)/transpose(jvp(Transformer))/Transformer.encode/encoder_layer_2/mlp_add_norm/Dropout_0/div" stack_frame_id=7}
+  %copy.4 = f32[4,8]{1,0} copy(%p), metadata={op_name="jit(train_step)/Transformer.encode/encoder_layer_10/self_attention/transpose"}
+  %copy.5 = f32[4,8]{1,0} copy(%p), metadata={op_name="jit(train_step)/Transformer.encode/encoder_layer_0/self_attention/transpose;jit(train_step)/Transformer.encode/encoder_layer_0/self_attention/reshape"}
+  ROOT %ynn_fusion.1 = f32[8,8]{1,0} fusion(%copy.4), kind=kCustom
+}
+'''
+
+
+def test_op_sources_folds_layer_numbers_drops_the_jit_and_keeps_the_first_fused_op():
+  sources = profile_trace.op_sources(_HLO)
+  assert sources == {
+      'copy_bitcast_fusion.12':
+          'transpose(jvp(Transformer))/Transformer.encode/encoder_layer_#/mlp_add_norm/Dropout_#/div',
+      'copy.4': 'Transformer.encode/encoder_layer_#/self_attention/transpose',
+      'copy.5': 'Transformer.encode/encoder_layer_#/self_attention/transpose',
+  }
+
+
+def test_time_by_source_sums_one_kind_per_operation():
+  per_op = [('copy.4', 2.0), ('ynn_fusion.1', 9.0), ('copy.5', 1.5),
+            ('copy_bitcast_fusion.12', 3.0), ('copy.99', 0.5)]
+  got = profile_trace.time_by_source(per_op, profile_trace.op_sources(_HLO),
+                                     'layout copies / transposes')
+  assert got == [('Transformer.encode/encoder_layer_#/self_attention/transpose', 3.5),
+                 ('transpose(jvp(Transformer))/Transformer.encode/encoder_layer_#/mlp_add_norm/'
+                  'Dropout_#/div', 3.0),
+                 ('unknown (no op_name: XLA inserted it)', 0.5)]
