@@ -9,8 +9,11 @@ Traces --steps steady-state steps of train.py's step (after compilation and warm
 prints the op time per step summed over threads, grouped by kind: matrix multiplications
 (XLA:CPU's library dot fusions), layout copies and transposes, the other fusions
 (elementwise and reductions: norms, softmax, dropout, Adam), and the rest. The sum over
-threads exceeds the step time when ops run side by side. On CPU, op-level events need
-XLA's `--xla_cpu_enable_xprof_traceme`, which this script adds to XLA_FLAGS.
+threads exceeds the step time when ops run side by side. Then it sums the layout copies
+by the JAX operation that the compiled HLO's metadata names for each (layer numbers folded),
+which says whether they come from attention, dropout's backward, the loss, or XLA itself.
+On CPU, op-level events need XLA's `--xla_cpu_enable_xprof_traceme`, which this script adds
+to XLA_FLAGS.
 """
 
 from absl import app
