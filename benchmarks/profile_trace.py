@@ -1,4 +1,7 @@
-"""XLA op time from a jax.profiler (Perfetto) trace, grouped by kind of op."""
+"""XLA op time from a jax.profiler (Perfetto) trace, grouped by kind of op or by JAX source.
+
+Shared by benchmarks/step_profile.py (the training step) and decode_profile.py (decoding).
+"""
 
 import collections
 import glob
@@ -61,8 +64,10 @@ def op_sources(hlo_text: str) -> dict[str, str]:
 
 def time_by_source(per_op: list[tuple[str, float]], sources: dict[str, str],
                    kind: str) -> list[tuple[str, float]]:
-  """[(JAX operation, ms)] of the ops of `kind`, heaviest first; ops without metadata (copies
-  XLA inserts itself) are 'unknown'."""
+  """[(JAX operation, ms)] of the ops of `kind`, heaviest first.
+
+  Ops without metadata (copies XLA inserts itself) are grouped as 'unknown'.
+  """
   totals = collections.defaultdict(float)
   for name, ms in per_op:
     if op_kind(name) == kind:
