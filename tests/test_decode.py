@@ -171,7 +171,6 @@ def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
     assert len({t for ids in cached for t in ids}) >= 4  # Not one repeated token.
 
 
-
 def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(trained):
   """translate keeps the source mask and cross keys/values out of the beam reorder.
 
@@ -200,6 +199,7 @@ def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(t
   expected = [translate._strip(np.asarray(s), tokenizer.eos_id) for s in sequences[:, 0]]  # pylint: disable=protected-access
   assert got == expected
   assert len({tuple(t) for t in got}) >= 3  # Sentences differ, so a row mix-up would show.
+
 
 def test_attention_maps(trained, tmp_path):
   config, tokenizer, model, variables, _ = trained

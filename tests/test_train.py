@@ -79,7 +79,6 @@ def test_resume_with_another_model_is_a_clear_error(bible_config, tmp_path):
     train_lib.train_and_evaluate(tiny(bible_config, **{'model.emb_dim': 32}), str(tmp_path))
 
 
-
 def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_path):
   """eval_every_steps=0 scores no checkpoint: decoding 'best' then means the last state."""
   config = tiny(bible_config, num_train_steps=6)  # Checkpoints at steps 4 and 6.
@@ -94,6 +93,7 @@ def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_
   jax.tree.map(np.testing.assert_array_equal, best.params, latest['params'])
   assert not all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(best.params), jax.tree.leaves(step_4.params)))
+
 
 def _run_steps(config, mesh, batches, state=None):
   model = train_lib.make_model(config, axis_name=train_lib.AXIS)

@@ -442,6 +442,31 @@ class Transformer(nn.Module):
     return logits, dict(index=index + 1, source_mask=cache['source_mask'], layers=layers)
 
 
+_FIXED_LAYER_LEAVES = ('cross_keys', 'cross_values')
+
+
+def split_fixed_cache(cache: dict) -> tuple[dict, dict]:
+  """(leaves fixed by the source for the whole search, leaves each step changes).
+
+  The source mask and cross-attention keys/values (Transformer.init_cache) are the
+  same for every beam of a sentence, so beam search need not reorder them each step; only
+  the step counter and self-attention keys/values travel through the search.
+  """
+  fixed = {'source_mask': cache['source_mask'], 'layers': {
+      name: {k: v for k, v in layer.items() if k in _FIXED_LAYER_LEAVES}
+      for name, layer in cache['layers'].items()}}
+  changing = {'index': cache['index'], 'layers': {
+      name: {k: v for k, v in layer.items() if k not in _FIXED_LAYER_LEAVES}
+      for name, layer in cache['layers'].items()}}
+  return fixed, changing
+
+
+def merge_fixed_cache(fixed: dict, changing: dict) -> dict:
+  """The inverse of split_fixed_cache."""
+  return {'index': changing['index'], 'source_mask': fixed['source_mask'], 'layers': {
+      name: {**fixed['layers'][name], **layer} for name, layer in changing['layers'].items()}}
+
+
 def cache_bytes(config: ModelConfig, *, batch: int, beam: int, source_len: int,
                 max_decode_len: int, step: int | None = None) -> int:
   """Bytes of the decoding cache for batch*beam rows (closed formula, see init_cache).

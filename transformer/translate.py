@@ -22,6 +22,7 @@ import sacrebleu
 
 from transformer import decoding
 from transformer import input_pipeline
+from transformer import models
 
 AXIS = 'data'
 BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
@@ -186,35 +187,10 @@ def _strip(tokens: np.ndarray, eos_id: int) -> list[int]:
   return out
 
 
-_FIXED_LAYER_LEAVES = ('cross_keys', 'cross_values')
-
-
-def split_fixed(cache: dict) -> tuple[dict, dict]:
-  """(leaves fixed by the source for the whole search, leaves each step changes).
-
-  The source mask and cross-attention keys/values (models.Transformer.init_cache) are the
-  same for every beam of a sentence, so beam search need not reorder them each step; only
-  the step counter and self-attention keys/values travel through the search.
-  """
-  fixed = {'source_mask': cache['source_mask'], 'layers': {
-      name: {k: v for k, v in layer.items() if k in _FIXED_LAYER_LEAVES}
-      for name, layer in cache['layers'].items()}}
-  changing = {'index': cache['index'], 'layers': {
-      name: {k: v for k, v in layer.items() if k not in _FIXED_LAYER_LEAVES}
-      for name, layer in cache['layers'].items()}}
-  return fixed, changing
-
-
-def merge_fixed(fixed: dict, changing: dict) -> dict:
-  """The inverse of split_fixed."""
-  return {'index': changing['index'], 'source_mask': fixed['source_mask'], 'layers': {
-      name: {**fixed['layers'][name], **layer} for name, layer in changing['layers'].items()}}
-
-
 def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_len: int):
   """One device's batch: encode once, then greedy or beam search over the KV cache."""
   batch_size = inputs.shape[0]
-  fixed, cache = split_fixed(
+  fixed, cache = models.split_fixed_cache(
       model.apply(variables, inputs, max_decode_len, method=model.init_cache))
   if search.beam_size > 1:  # Rows as beam_search lays them out: each sentence beam_size times.
     fixed = jax.tree.map(lambda x: decoding.flatten_beam_dim(
@@ -228,11 +204,11 @@ def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_
     max_lengths = None
 
   def step_fn(tokens, cache):
-    logits, cache = model.apply(variables, merge_fixed(fixed, cache), tokens,
+    logits, cache = model.apply(variables, models.merge_fixed_cache(fixed, cache), tokens,
                                 method=model.decode_step)
     # Id 0 is padding (and the decoder's BOS), never an output: a 0 fed back mid-sentence
     # would be a token the model never saw in training, and is stripped from the text.
-    return logits.at[:, 0].set(-jnp.inf), split_fixed(cache)[1]
+    return logits.at[:, 0].set(-jnp.inf), models.split_fixed_cache(cache)[1]
 
   if search.beam_size == 1:
     return decoding.greedy_search(step_fn, cache, batch_size=batch_size,
