@@ -1,6 +1,7 @@
 """Translates with a trained workdir: `python decode.py --workdir=DIR --split=test`.
 
-Or `--input=FILE` (`-` for stdin) with optional `--reference=FILE` (repeatable) to score.
+Or `--input=FILE` with optional `--reference=FILE` (repeatable) to score; `--input=-`
+translates stdin line by line as it arrives. `--nbest=N` writes JSON lines of the N best.
 BLEU and chrF are sacreBLEU's, printed to stderr as `sacrebleu -f text` prints them.
 `--attention_dir=DIR --attention_sentence=TEXT` draws that sentence's attention maps;
 `--cache_report` prints the KV-cache bytes of each decoded batch shape (of every bucket
@@ -12,8 +13,8 @@ import sys
 from absl import app
 from absl import flags
 
-from transformer import decode_lib
-from transformer import train_lib
+from transformer import inference
+from transformer import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
@@ -33,14 +34,17 @@ _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, "Sentences per decoding batch (all devices); default: the config's "
     'eval_batch_size.')
 _CACHE_REPORT = flags.DEFINE_bool('cache_report', False, 'Print the KV-cache bytes.')
+_NBEST = flags.DEFINE_integer(
+    'nbest', 0, 'Write JSON lines with the N best hypotheses and scores (N <= beam size).',
+    lower_bound=0)
 flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
-  train_lib.quiet_library_logs()
+  cli.quiet_library_logs()
   try:
     run(argv)
-  except decode_lib.InputError as e:  # The user's to fix: the message is enough.
+  except inference.InputError as e:  # The user's to fix: the message is enough.
     sys.exit(f'decode.py: error: {e}')
 
 
@@ -53,22 +57,23 @@ def run(argv):
   if not (translating or _ATTENTION_DIR.value or _CACHE_REPORT.value):
     raise app.UsageError('Give --split or --input (or --attention_dir, --cache_report).')
   if _ATTENTION_DIR.value:
-    decode_lib.write_attention_maps(
+    inference.write_attention_maps(
         _WORKDIR.value, _ATTENTION_SENTENCE.value, _ATTENTION_DIR.value,
         checkpoint=_CHECKPOINT.value, max_decode_len=_MAX_DECODE_LEN.value)
   if translating:
-    result = decode_lib.decode(
+    result = inference.decode(
         _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
         input_path=_INPUT.value, output_path=_OUTPUT.value, reference_paths=_REFERENCE.value,
         beam_size=_BEAM_SIZE.value, length_penalty=_LENGTH_PENALTY.value,
-        max_decode_len=_MAX_DECODE_LEN.value, batch_size=_BATCH_SIZE.value)
+        max_decode_len=_MAX_DECODE_LEN.value, batch_size=_BATCH_SIZE.value,
+        nbest=_NBEST.value)
     print(f"Translated {result['sentences']:,} sentences in {result['seconds']:.1f} s "
           '(compilation included).', file=sys.stderr)
     if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
-      print(*decode_lib.score_lines(result), sep='\n', file=sys.stderr)
+      print(*inference.score_lines(result), sep='\n', file=sys.stderr)
     cache = result['cache']
   elif _CACHE_REPORT.value:
-    cache = decode_lib.cache_table(_WORKDIR.value, beam_size=_BEAM_SIZE.value,
+    cache = inference.cache_table(_WORKDIR.value, beam_size=_BEAM_SIZE.value,
                                    max_decode_len=_MAX_DECODE_LEN.value)
   if _CACHE_REPORT.value:
     for row in cache:

@@ -14,8 +14,12 @@ setuptools.setup(
     python_requires='>=3.10',
     install_requires=REQUIREMENTS,
     extras_require={
-        # GPU machines: CUDA 12 wheels of the same jaxlib. A CPU install never pulls these.
+        # GPU machines: CUDA wheels of the same jaxlib (CUDA 12 or 13 drivers). A CPU install
+        # never pulls these.
         'cuda12': ['jax[cuda12]==0.10.2'],
+        'cuda13': ['jax[cuda13]==0.10.2'],
+        # `tensorboard --logdir WORKDIR/tensorboard` (the runs write with tensorboardX).
+        'tensorboard': ['tensorboard==2.21.0'],
         # Benchmarks only: the PyTorch twin of the model (CPU build).
         'bench': ['torch==2.13.0'],
     },

@@ -1,14 +1,10 @@
 """What the training-speed benchmarks run: their batches, and train.py's step on them."""
 
-import functools
-
-import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from transformer import input_pipeline
-from transformer import optim
-from transformer import train_lib
+from transformer import sharding
+from transformer import steps
 
 # The reference figure's batches (issue 7): 64 rows of 64 source and 64 target tokens.
 FIXED_ROWS, FIXED_LENGTH = 64, 64
@@ -30,13 +26,9 @@ def fixed_batches(config, rows: int, length: int, count: int) -> list[dict[str, 
 
 def jax_train_step(config, batches):
   """(train.py's compiled step, a fresh replicated TrainState, the batches on the mesh)."""
-  mesh = train_lib.make_mesh()
-  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
-  tx = optim.make_optimizer(config)
-  state = jax.jit(functools.partial(train_lib.init_state, config, train_lib.make_model(config),
-                                    tx, (1, config.max_length)),
-                  out_shardings=NamedSharding(mesh, P()))()
-  device_batches = [train_lib.shard_batch(b, mesh) for b in batches]
-  step = train_lib.compile_steps(config, model, tx, mesh).train.lower(
-      state, device_batches[0]).compile()
+  mesh = sharding.make_mesh()
+  compiled = steps.compile_steps(config, mesh)
+  state = compiled.init()
+  device_batches = [sharding.shard_batch(b, mesh) for b in batches]
+  step = compiled.train.lower(state, device_batches[0]).compile()
   return step, state, device_batches

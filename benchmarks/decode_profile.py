@@ -3,7 +3,7 @@ r"""Where decoding's time goes: a jax.profiler trace of decode.py's search, ops 
   python -m benchmarks.decode_profile --workdir=DIR [--beam_size=4] [--num_sentences=160]
 
 Translates the first --num_sentences of the run's test split exactly as decode.py does
-(translate.Translator: length buckets, KV cache, the run's search settings), once to compile
+(translator_lib.Translator: length buckets, KV cache, the run's search settings), once to compile
 and then once traced, and prints the op time summed over threads, grouped by kind: matrix
 multiplications, layout copies and transposes, gathers (beam search reorders the
 self-attention cache of every layer at every step), other fusions, and the rest (top-k,
@@ -16,9 +16,9 @@ from absl import flags
 
 from benchmarks import machine
 from benchmarks import profile_trace
-from transformer import decode_lib
+from transformer import inference
 from transformer import input_pipeline
-from transformer import translate
+from transformer import translator as translator_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir.', required=True)
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
@@ -33,13 +33,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   profile_trace.enable_op_events()  # No JAX computation has run yet.
-  config, tokenizer, model, variables, step = decode_lib.load_trained(
+  config, tokenizer, model, variables, step = inference.load_trained(
       _WORKDIR.value, _CHECKPOINT.value)
-  translator = translate.Translator(model, tokenizer,
+  translator = translator_lib.Translator(model, tokenizer,
                                     batch_size=_BATCH_SIZE.value or config.eval_batch_size)
   pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
   sources = translator.encode_sources([fr for fr, _ in pairs])
-  search = decode_lib.search_config(config, beam_size=_BEAM_SIZE.value)
+  search = inference.search_config(config, beam_size=_BEAM_SIZE.value)
   translator.translate_ids(variables, sources, search)  # Compiles every bucket.
   wall_ms, by_kind, per_op, trace_dir = profile_trace.trace(
       lambda: translator.translate_ids(variables, sources, search), 1, _TRACE_DIR.value)

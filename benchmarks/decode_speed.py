@@ -4,7 +4,7 @@ r"""Decoding speed with the KV cache against a decoder that recomputes every ste
   python -m benchmarks.decode_speed --workdir=DIR        # a trained workdir's model
 
 Translates the first --num_sentences of the Bible test split in one batch (padded to the
-longest), greedy and beam 4, each search two ways, through the same decoding.py searches:
+longest), greedy and beam 4, each search two ways, through the same search.py searches:
 
 * kv-cache: models.Transformer.decode_step, one new position per step;
 * no-cache: the full teacher-forced decoder (model.decode) over all max_decode_len
@@ -27,11 +27,11 @@ from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import machine
-from transformer import decode_lib
-from transformer import decoding
+from transformer import inference
 from transformer import input_pipeline
-from transformer import train_lib
-from transformer import translate
+from transformer import models
+from transformer import search as search_lib
+from transformer import translator as translator_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'baseline.py') + ':small',
@@ -43,7 +43,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed runs of each program; the b
 
 
 def no_cache_decoder(model, variables, inputs, max_decode_len: int):
-  """(step_fn, state) with decoding.py's interface that reruns the whole decoder each step.
+  """(step_fn, state) with search.py's interface that reruns the whole decoder each step.
 
   The state holds the tokens fed so far ([rows, max_decode_len], BOS first) instead of
   keys and values; step `index` writes its token there and runs model.decode on targets
@@ -83,9 +83,9 @@ def search_fn(model, *, beam_size: int, cached: bool, max_decode_len: int, lengt
         length_ratio * jnp.sum(inputs > 0, axis=1) + length_offset).astype(jnp.int32),
                               max_decode_len)
     if beam_size == 1:
-      return decoding.greedy_search(step_fn, state, batch_size=batch,
+      return search_lib.greedy_search(step_fn, state, batch_size=batch,
                                     max_decode_len=max_decode_len, max_lengths=max_lengths)
-    sequences, _ = decoding.beam_search(
+    sequences, _ = search_lib.beam_search(
         step_fn, state, batch_size=batch, beam_size=beam_size, max_decode_len=max_decode_len,
         max_lengths=max_lengths, length_penalty=length_penalty)
     return sequences[:, 0]
@@ -96,13 +96,13 @@ def search_fn(model, *, beam_size: int, cached: bool, max_decode_len: int, lengt
 def load_model(workdir):
   """(config, tokenizer, model, variables, description)."""
   if workdir:
-    config, tokenizer, model, variables, step = decode_lib.load_trained(workdir)
+    config, tokenizer, model, variables, step = inference.load_trained(workdir)
     # Restored on the training mesh; this benchmark runs plain jit on one device.
     variables = jax.device_get(variables)
     return config, tokenizer, model, variables, f'{workdir} (step {step})'
   config = _CONFIG.value
   tokenizer = input_pipeline.prepare(config)
-  model = train_lib.make_model(config)
+  model = models.make_model(config)
   dummy = jnp.ones((1, 8), jnp.int32)
   variables = model.init(jax.random.key(config.seed), dummy, dummy, train=False)
   return config, tokenizer, model, variables, f'random init, {config.scale} config'
@@ -112,14 +112,14 @@ def main(argv):
   del argv
   config, tokenizer, model, variables, description = load_model(_WORKDIR.value)
   pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
-  translator = translate.Translator(model, tokenizer, batch_size=len(pairs))
+  translator = translator_lib.Translator(model, tokenizer, batch_size=len(pairs))
   sources = translator.encode_sources([fr for fr, _ in pairs])
-  source_len = translate.bucket_length(max(map(len, sources)), model.config.max_len)
+  source_len = translator_lib.bucket_length(max(map(len, sources)), model.config.max_len)
   inputs = np.zeros((len(sources), source_len), np.int32)
   for row, ids in enumerate(sources):
     inputs[row, :len(ids)] = ids
   inputs = jnp.asarray(inputs)
-  search = translate.SearchConfig.from_config(config)
+  search = translator_lib.SearchConfig.from_config(config)
   max_decode_len = translator.max_decode_len(search, source_len)
 
   for key, value in {**machine.describe(),

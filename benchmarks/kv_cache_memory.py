@@ -25,7 +25,6 @@ from ml_collections import config_flags
 
 from benchmarks import machine
 from transformer import models
-from transformer import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'baseline.py'),
@@ -60,7 +59,7 @@ def mib(num_bytes: int) -> str:
 
 def main(argv):
   del argv
-  base = train_lib.make_model(_CONFIG.value).config
+  base = models.make_model(_CONFIG.value).config
   for key, value in machine.describe().items():
     print(f'{key}: {value}')
   print(f'Model: {base.num_layers} decoder layers, qkv_dim {base.qkv_dim}, '

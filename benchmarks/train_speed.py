@@ -3,7 +3,7 @@
   python -m benchmarks.train_speed --config=configs/baseline.py:small
   python -m benchmarks.train_speed --config=configs/baseline.py --steps=10   # on a GPU
 
-Times the step train.py runs (train_lib: shard_map'd train_step, Adam, donated state) on
+Times the step train.py runs (steps.py: shard_map'd train_step, Adam, donated state) on
 fixed batches, steady state only (compilation and --warmup_steps excluded, every step ended
 by block_until_ready), and, with --twin, the PyTorch twin (benchmarks/torch_twin.py) on the
 same batches from the same parameters. Two kinds of batch:
@@ -33,7 +33,6 @@ from benchmarks import machine
 from benchmarks import model_flops
 from transformer import losses
 from transformer import models
-from transformer import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
                                           'Experiment config file (its model is timed).')
@@ -81,7 +80,7 @@ def _real_tokens(batch) -> int:
 
 
 def time_jax(config, batches, steps: int, warmup: int):
-  """Times train_lib's step; returns (Timing, XLA FLOPs per step, initial params)."""
+  """Times steps.py's train step; returns (Timing, XLA FLOPs per step, initial params)."""
   start = time.perf_counter()
   step, state, device_batches = batches_lib.jax_train_step(config, batches)
   logging.info('JAX step built and compiled in %.1f s.', time.perf_counter() - start)
@@ -123,7 +122,7 @@ def time_torch(config, params, batches, steps: int, warmup: int) -> Timing:
 def eval_losses(config, params, batch) -> tuple[float, float]:
   """Mean eval cross-entropy of the Flax model and of the twin loaded with its parameters."""
   from benchmarks import torch_twin  # pylint: disable=g-import-not-at-top
-  model = train_lib.make_model(config)
+  model = models.make_model(config)
 
   @jax.jit
   def jax_loss(params, batch):

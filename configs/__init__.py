@@ -4,10 +4,13 @@
 """
 
 import glob
+import importlib
 import os
 from typing import Any
 
 import ml_collections
+
+from transformer import config_utils
 
 _MISSING = object()
 
@@ -19,20 +22,18 @@ def variant_names() -> list[str]:
   return sorted(n for n in names if not n.startswith('_') and n != 'base')
 
 
+def get_variant(name: str, scale: str) -> ml_collections.ConfigDict:
+  """The config of `configs/<name>.py` at `scale`; an unknown name is a ValueError naming them."""
+  if name not in variant_names():
+    raise ValueError(f'Unknown variant {name!r}; configs/ has: {", ".join(variant_names())}.')
+  return importlib.import_module(f'configs.{name}').get_config(scale)
+
+
 def config_diff(variant: ml_collections.ConfigDict,
                 base: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
   """{'dotted.field': (base value, variant value)} for every field that differs or is new."""
-  flat_base, flat_variant = _flatten(base.to_dict()), _flatten(variant.to_dict())
+  flat_base = config_utils.flatten(base.to_dict())
+  flat_variant = config_utils.flatten(variant.to_dict())
   return {key: (flat_base.get(key), flat_variant.get(key))
           for key in sorted(flat_base.keys() | flat_variant.keys())
           if flat_base.get(key, _MISSING) != flat_variant.get(key, _MISSING)}
-
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat

@@ -106,8 +106,8 @@ TINY = {
 def tiny_config(data_dir: str, **overrides):
   """The small config with TINY and `overrides` ('model.norm'-style keys) applied."""
   from configs import base  # pylint: disable=g-import-not-at-top
-  from transformer import study  # pylint: disable=g-import-not-at-top
+  from transformer import config_utils  # pylint: disable=g-import-not-at-top
   config = base.get_config('small')
   config.data_dir = data_dir
-  study.apply_overrides(config, {**TINY, **overrides})
+  config_utils.apply_overrides(config, {**TINY, **overrides})
   return config

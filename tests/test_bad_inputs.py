@@ -24,8 +24,10 @@ import pytest
 import conftest
 
 from transformer import metrics as metrics_lib
-from transformer import study
-from transformer import train_lib
+import configs
+from transformer import sharding
+from transformer import steps
+from transformer import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -83,7 +85,7 @@ def unbroken(bible_config, bible_tokenizer, tmp_path_factory):
   """A tiny run of STEPS steps, never interrupted: the reference for resumed ones."""
   del bible_tokenizer  # Trained into data_dir before any run needs it.
   workdir = os.fspath(tmp_path_factory.mktemp('unbroken'))
-  train_lib.train_and_evaluate(tiny(bible_config.data_dir), workdir)
+  training.train_and_evaluate(tiny(bible_config.data_dir), workdir)
   return workdir
 
 
@@ -105,32 +107,32 @@ def test_unknown_norm_fails_before_the_workdir_is_claimed(bible_config, tmp_path
   """A typo must not leave a config.json that would refuse the corrected rerun."""
   config = tiny(bible_config.data_dir, **{'model.norm': 'group_norm'})
   with pytest.raises(ValueError, match=r"Unknown norm 'group_norm'; expected one of .*layer_norm"):
-    train_lib.train_and_evaluate(config, os.fspath(tmp_path))
+    training.train_and_evaluate(config, os.fspath(tmp_path))
   assert not (tmp_path / 'config.json').exists()
 
 
 def test_unknown_variant_lists_the_known_ones():
   with pytest.raises(ValueError, match=r"Unknown variant 'pre_norm'; configs/ has: .*pre_ln"):
-    study.load_variant('pre_norm', 'small')
+    configs.get_variant('pre_norm', 'small')
 
 
 def test_unwritable_workdir_fails_before_training(bible_config, tmp_path, monkeypatch):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a folder')
-  monkeypatch.setattr(train_lib.input_pipeline, 'prepare', lambda config: pytest.fail(
+  monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
   with pytest.raises(OSError, match=r"Cannot write to workdir '.*a_file/run'"):
-    train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(blocker / 'run'))
+    training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(blocker / 'run'))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root writes through chmod 500')
 def test_read_only_workdir_fails_before_training(bible_config, tmp_path, monkeypatch):
   tmp_path.chmod(0o500)
-  monkeypatch.setattr(train_lib.input_pipeline, 'prepare', lambda config: pytest.fail(
+  monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
   try:
     with pytest.raises(OSError, match='Cannot write to workdir'):
-      train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
+      training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
   finally:
     tmp_path.chmod(0o700)
 
@@ -139,9 +141,9 @@ def test_checkpoint_of_another_model_shape_is_refused_and_kept(unbroken, tmp_pat
   workdir = os.fspath(tmp_path / 'run')
   shutil.copytree(unbroken, workdir)
   before = snapshot(workdir)
-  config = tiny(train_lib.checkpoints.load_config(workdir).data_dir, **{'model.emb_dim': 32})
+  config = tiny(training.checkpoints.load_config(workdir).data_dir, **{'model.emb_dim': 32})
   with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
-    train_lib.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
   assert snapshot(workdir) == before
 
 
@@ -151,9 +153,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(unbroken, tmp_
   shutil.copytree(unbroken, workdir)
   for path in glob.glob(os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'd', '*')):
     os.truncate(path, 10)
-  config = train_lib.checkpoints.load_config(workdir)
+  config = training.checkpoints.load_config(workdir)
   with caplog.at_level(logging.WARNING):
-    train_lib.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
   warnings = '\n'.join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
   assert f'The checkpoint of step {STEPS} cannot be restored (ValueError: ' in warnings
   assert 'is not valid for value of size 10' in warnings  # What was wrong, as tensorstore says.
@@ -168,7 +170,7 @@ def test_unreadable_checkpoints_are_an_error_that_moves_nothing(unbroken, tmp_pa
     os.remove(path)
   with pytest.raises(RuntimeError, match=r'No checkpoint .* can be restored:\n  step 8: .*'
                      r'process_0-of-1\.json does not exist'):
-    train_lib.train_and_evaluate(train_lib.checkpoints.load_config(workdir), workdir)
+    training.train_and_evaluate(training.checkpoints.load_config(workdir), workdir)
   assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
 
 
@@ -176,7 +178,7 @@ def test_nan_losses_stop_the_run_with_the_last_checkpoint_intact(bible_config, t
                                                                   monkeypatch):
   """Steps 3, 4, 5 have a NaN loss: skipped and counted, then a stop at the limit of 3."""
   poison = -7  # No token has this id; a batch starting with it gets a NaN loss.
-  real_loss_sum, real_shard_batch = train_lib.loss_sum, train_lib.shard_batch
+  real_loss_sum, real_shard_batch = steps.loss_sum, sharding.shard_batch
   batches = []
 
   def poisoned_loss_sum(params, batch_stats, batch, rng, **kwargs):
@@ -190,14 +192,14 @@ def test_nan_losses_stop_the_run_with_the_last_checkpoint_intact(bible_config, t
       batch['inputs'][0, 0] = poison
     return real_shard_batch(batch, mesh)
 
-  monkeypatch.setattr(train_lib, 'loss_sum', poisoned_loss_sum)
-  monkeypatch.setattr(train_lib, 'shard_batch', shard_batch)
+  monkeypatch.setattr(steps, 'loss_sum', poisoned_loss_sum)
+  monkeypatch.setattr(sharding, 'shard_batch', shard_batch)
   config = tiny(bible_config.data_dir, max_nonfinite_steps=3)
   workdir = os.fspath(tmp_path)
-  with pytest.raises(train_lib.NonFiniteLossError,
+  with pytest.raises(training.NonFiniteLossError,
                      match=r'3 consecutive steps .* max_nonfinite_steps=3.* checkpoint \(step 4\) '
                      'is intact'):
-    train_lib.train_and_evaluate(config, workdir)
+    training.train_and_evaluate(config, workdir)
   losses = {row['step']: row['train/loss'] for row in metric_rows(workdir) if 'train/loss' in row}
   assert sorted(losses) == [1, 2, 3, 4, 5]
   assert np.isfinite([losses[1], losses[2]]).all() and np.isnan([losses[3], losses[4],
@@ -212,7 +214,7 @@ def test_nan_losses_stop_the_run_with_the_last_checkpoint_intact(bible_config, t
 
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   workdir = os.fspath(tmp_path / 'run')
-  data_dir = train_lib.checkpoints.load_config(unbroken).data_dir
+  data_dir = training.checkpoints.load_config(unbroken).data_dir
   # Checkpoints only at the end: the one found after SIGTERM is the handler's.
   log_path = tmp_path / 'train.log'
   with open(log_path, 'w') as log:  # Not a pipe: orbax logs enough to fill one and block.
@@ -232,5 +234,5 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   step, _ = restore(workdir)
   assert 0 < step < STEPS  # Stopped mid-run ...
   assert max(row['step'] for row in metric_rows(workdir)) == step  # ... with its rows written.
-  train_lib.train_and_evaluate(train_lib.checkpoints.load_config(workdir), workdir)
+  training.train_and_evaluate(training.checkpoints.load_config(workdir), workdir)
   assert_same_run(unbroken, workdir)

@@ -134,3 +134,13 @@ def test_iwslt_bad_utf8_names_file_and_line(tmp_path):
 def test_unknown_split_is_an_error(bible_config):
   with pytest.raises(ValueError, match="no split 'dev'"):
     datasets.data_source(bible_config, 'dev')
+
+
+def test_plain_tfds_data_source_works_without_tensorflow(tmp_path):
+  """The builders write array_record by default: TFDS' plain API needs no TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ImportError):
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import  # noqa: F401
+  source = tfds.data_source('bible_fr_en', split='validation', data_dir=os.fspath(tmp_path))
+  assert len(source) == BIBLE_SIZES['validation']
+  assert list(tmp_path.glob('bible_fr_en/*/*.array_record*'))

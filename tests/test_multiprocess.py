@@ -6,7 +6,6 @@ global batches (process 0's rows, then process 1's), each process must read its 
 the data and checkpoint its own iterator.
 """
 
-import functools
 import json
 import os
 import socket
@@ -22,7 +21,9 @@ import conftest
 
 from transformer import input_pipeline
 from transformer import metrics as metrics_lib
-from transformer import train_lib
+from transformer import sharding
+from transformer import steps
+from transformer import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -115,9 +116,9 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
     two_processes, bible_config, tmp_path, monkeypatch):
   assert jax.device_count() == 2  # conftest.py asks XLA for two CPU devices.
   make_iterator = input_pipeline.make_train_iterator
-  monkeypatch.setattr(train_lib.input_pipeline, 'make_train_iterator',
+  monkeypatch.setattr(training.input_pipeline, 'make_train_iterator',
                       lambda config, tokenizer, **_: BothShards(config, tokenizer, make_iterator))
-  train_lib.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
+  training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
 
   step_sp, state_sp = latest_state(tmp_path)
   step_mp, state_mp = latest_state(two_processes, like=state_sp)
@@ -156,15 +157,10 @@ def test_gradient_is_not_multiplied_by_the_device_count(bible_config, bible_toke
   """
   config = tiny(bible_config.data_dir, **{'model.dropout_rate': 0.0})
   batch = next(input_pipeline.make_train_iterator(config, bible_tokenizer))
-  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
-  tx = train_lib.optim.make_optimizer(config)
-  init = functools.partial(train_lib.init_state, config, train_lib.make_model(config), tx,
-                           (1, config.max_length))
   norms = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
-    mesh = jax.make_mesh((len(devices),), (train_lib.AXIS,), devices=devices)
-    state = jax.device_put(init(), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    steps = train_lib.compile_steps(config, model, tx, mesh)
-    _, step_metrics = steps.train(state, train_lib.shard_batch(batch, mesh))
+    mesh = jax.make_mesh((len(devices),), (sharding.AXIS,), devices=devices)
+    compiled = steps.compile_steps(config, mesh)
+    _, step_metrics = compiled.train(compiled.init(), sharding.shard_batch(batch, mesh))
     norms.append(float(step_metrics['train/grad_norm']))
   np.testing.assert_allclose(norms[1], norms[0], rtol=1e-5)

@@ -2,13 +2,17 @@
 
 import math
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import configs
 from configs import base
+from transformer import config_utils
+from transformer import models
 from transformer import optim
 
 
@@ -63,3 +67,29 @@ def test_weight_decay_spares_vectors_and_clipping_bounds_the_update():
   updates, _ = tx.update(huge, tx.init(params), params)
   assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
   assert optax.tree.norm(optax.clip_by_global_norm(1e-3).update(huge, None)[0]) <= 1.0001e-3
+
+
+@pytest.mark.parametrize('variant', configs.variant_names())
+def test_weight_decay_mask_decays_exactly_the_weight_matrices(variant):
+  """On the real model's parameters: kernels and the embedding, counted by formula.
+
+  Per layer the matrices are 4·d·h (q, k, v, out) per attention and 2·d·f for the FFN,
+  plus the V·d shared embedding. The q/k/v biases are [heads, head_dim], rank 2 like a
+  matrix, and must not be decayed; nor any norm parameter or ReZero gate.
+  """
+  config = configs.get_variant(variant, 'small')
+  d, h, f, n, vocab = 8, 8, 12, 2, 11
+  config_utils.apply_overrides(config, {'vocab_size': vocab, 'model.emb_dim': d,
+                                        'model.qkv_dim': h, 'model.mlp_dim': f,
+                                        'model.num_heads': 2, 'model.num_layers': n})
+  tokens = jnp.ones((1, 4), jnp.int32)
+  params = models.make_model(config).init(jax.random.key(0), tokens, tokens,
+                                          train=False)['params']
+  mask = optim.weight_decay_mask(params)
+  decayed = sum(p.size for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+  assert decayed == vocab * d + n * (4 * d * h + 2 * d * f) + n * (2 * 4 * d * h + 2 * d * f)
+  flat_mask = config_utils.flatten(flax.traverse_util.flatten_dict(mask, sep='.'))
+  qkv_biases = [k for k in flat_mask if k.endswith(('query.bias', 'key.bias', 'value.bias'))]
+  assert len(qkv_biases) == 3 * 3 * n
+  assert not any(flat_mask[k] for k in qkv_biases)
+  assert not any(v for k, v in flat_mask.items() if 'norm' in k.split('.')[-2] or 'gate' in k)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer import plots
-from transformer import translate
+from transformer import translator as translator_lib
 
 BOS_PIECE = '<s>'  # The decoder's start token is the pad id; shown under this name.
 KINDS = ('encoder_self', 'decoder_self', 'cross')
@@ -43,22 +43,22 @@ def attention_weights(model, variables, source_ids: Sequence[int],
   return out
 
 
-def translate_one(translator: translate.Translator, variables, tokenizer, sentence: str,
-                  search: translate.SearchConfig) -> tuple[list[int], list[int]]:
+def translate_one(translator: translator_lib.Translator, variables, tokenizer, sentence: str,
+                  search: translator_lib.SearchConfig) -> tuple[list[int], list[int]]:
   """(source ids, greedy output ids), each ending with eos, as decode.py would make them."""
   if not sentence.strip():
     raise ValueError('The attention sentence is empty.')
   source = translator.encode_sources([sentence])[0]
-  greedy = translate.SearchConfig(**{**search.__dict__, 'beam_size': 1})
+  greedy = translator_lib.SearchConfig(**{**search.__dict__, 'beam_size': 1})
   output = translator.translate_ids(variables, [source], greedy)[0]
   return source, output + [tokenizer.eos_id]
 
 
 def write_attention_maps(model, variables, tokenizer, sentence: str, out_dir: str, *,
-                         search: translate.SearchConfig = translate.SearchConfig(),
+                         search: translator_lib.SearchConfig = translator_lib.SearchConfig(),
                          ) -> tuple[list[str], dict[str, np.ndarray]]:
   """Writes `out_dir/{kind}_layer{l}_head{h}.png`; returns the paths and the weights."""
-  translator = translate.Translator(model, tokenizer, batch_size=1)
+  translator = translator_lib.Translator(model, tokenizer, batch_size=1)
   source, target = translate_one(translator, variables, tokenizer, sentence, search)
   weights = attention_weights(model, variables, source, target)
   pieces = lambda ids: [tokenizer.processor.id_to_piece(int(i)) for i in ids]

@@ -7,8 +7,10 @@ batches as an unbroken one. The config a workdir was started with is kept beside
 the fields, instead of an orbax shape error or, worse, a silent mismatch.
 """
 
+import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Optional
 
@@ -18,6 +20,8 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+
+from transformer import config_utils
 
 CONFIG_FILE = 'config.json'
 
@@ -31,51 +35,94 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
-def _flatten(config: dict, prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+VOCABULARY_FILE = 'vocabulary.model'
+# config.json's record of the workdir's vocabulary; not a config field.
+VOCABULARY_KEY = 'vocabulary'
 
 
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json_best_effort())
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read_config_file(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (what decode.py translates with)."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  recorded = _read_config_file(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f'{os.path.join(workdir, CONFIG_FILE)} not found: {workdir!r} is '
+                            'not a training workdir.')
+  recorded.pop(VOCABULARY_KEY, None)
+  return ml_collections.ConfigDict(recorded)
+
+
+def vocabulary_path(workdir: str) -> Optional[str]:
+  """The workdir's own copy of its sentencepiece model, checked against config.json's hash.
+
+  None for a workdir trained before the vocabulary travelled with it.
+  """
+  recorded = (_read_config_file(workdir) or {}).get(VOCABULARY_KEY)
+  if recorded is None:
+    return None
+  path = os.path.join(workdir, recorded['file'])
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {workdir!r} is not a training workdir.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    raise FileNotFoundError(f'{path} is missing: the vocabulary this run was trained with. '
+                            'Copy it back from the run\'s original workdir.')
+  if (found := _sha256(path)) != recorded['sha256']:
+    raise ValueError(f'{path} has SHA-256 {found[:12]}..., config.json records '
+                     f"{recorded['sha256'][:12]}...: not the vocabulary this run was trained with.")
+  return path
 
 
-def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Saves the config on a fresh workdir; on an old one, fails if the experiment differs."""
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Fails if `workdir` holds a run of another experiment (fields outside RESUMABLE_FIELDS)."""
+  old = _read_config_file(workdir)
+  if old is None:
+    return
+  old.pop(VOCABULARY_KEY, None)
+  old_flat, new_flat = config_utils.flatten(old), config_utils.flatten(config_utils.to_dict(config))
+  differences = [
+      f'{key}: {old_flat.get(key, "<absent>")!r} in the workdir, {new_flat.get(key, "<absent>")!r} now'
+      for key in sorted(set(old_flat) | set(new_flat))
+      if key not in RESUMABLE_FIELDS and old_flat.get(key) != new_flat.get(key)]
+  if differences:
+    raise ValueError(
+        f'{workdir!r} holds a run of another experiment; resuming it with this config would '
+        'mix two experiments. Use a new --workdir, or the old config. Differences:\n  '
+        + '\n  '.join(differences))
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> None:
+  """Writes config.json and copies the vocabulary beside it (process 0 only).
+
+  A workdir whose recorded vocabulary differs from `tokenizer`'s (the dataset's vocabulary was
+  retrained since) is refused: its checkpoints hold embeddings of the old ids.
+  """
+  old_record = (_read_config_file(workdir) or {}).get(VOCABULARY_KEY)
+  sha = _sha256(tokenizer.model_path)
+  if old_record is not None and old_record['sha256'] != sha:
+    raise ValueError(f'{workdir!r} was trained with another vocabulary than '
+                     f'{tokenizer.model_path} (SHA-256 {old_record["sha256"][:12]}... vs '
+                     f'{sha[:12]}...). Use a new --workdir.')
+  if jax.process_index() != 0:
+    return
+  vocabulary = os.path.join(workdir, VOCABULARY_FILE)
+  if not os.path.exists(vocabulary) or _sha256(vocabulary) != sha:
+    shutil.copyfile(tokenizer.model_path, vocabulary + '.tmp')
+    os.replace(vocabulary + '.tmp', vocabulary)
+  record = config_utils.to_dict(config)
+  record[VOCABULARY_KEY] = {'file': VOCABULARY_FILE, 'sha256': sha}
   path = os.path.join(workdir, CONFIG_FILE)
-  new = config_to_dict(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    old_flat, new_flat = _flatten(old), _flatten(new)
-    differences = [
-        f'{key}: {old_flat.get(key, "<absent>")!r} in the workdir, {new_flat.get(key, "<absent>")!r} now'
-        for key in sorted(set(old_flat) | set(new_flat))
-        if key not in RESUMABLE_FIELDS and old_flat.get(key) != new_flat.get(key)]
-    if differences:
-      raise ValueError(
-          f'{workdir!r} holds a run of another experiment; resuming it with this config would '
-          'mix two experiments. Use a new --workdir, or the old config. Differences:\n  '
-          + '\n  '.join(differences))
-  if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
 
 
 def _gist(error: Exception) -> str:

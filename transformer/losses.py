@@ -56,15 +56,14 @@ def r_drop_kl(logits_a: jax.Array, logits_b: jax.Array,
   return jnp.sum(kl * weights), jnp.sum(weights)
 
 
-def weight_decay_mask(params):
-  """True where AdamW (Loshchilov & Hutter 2019) should decay: every matrix, no vector/scalar.
+def r_drop_loss(nll_a: jax.Array, nll_b: jax.Array, kl: jax.Array,
+                alpha: float) -> jax.Array:
+  """R-Drop's objective, NLL_a + NLL_b + alpha * KL_sym (Liang et al. 2021, Eq. 3).
 
-  Dense kernels and the shared embedding (which is also the output projection, decayed as in
-  GPT-2/nanoGPT) are decayed; biases, norm scales/offsets, ScaleNorm's g and the ReZero gate
-  are not: they set the scale of activations, and pulling them toward 0 changes what the
-  network computes rather than its complexity.
+  Both passes' cross-entropies count in full, as in the paper and its fairseq criterion, so
+  alpha keeps the paper's meaning: with their mean instead, alpha = 5 would act as 10.
   """
-  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+  return nll_a + nll_b + alpha * kl
 
 
 def mean_loss(loss_sum: jax.Array, weight_sum: jax.Array) -> jax.Array:

@@ -442,6 +442,14 @@ class Transformer(nn.Module):
     return logits, dict(index=index + 1, source_mask=cache['source_mask'], layers=layers)
 
 
+def make_model(config, *, axis_name: str | None = None) -> Transformer:
+  """The Transformer of `config.model`; inside shard_map, BatchNorm all-reduces over `axis_name`."""
+  model_config = ModelConfig.from_config(config.model)
+  if axis_name and not model_config.batch_norm_axis_name:
+    model_config = dataclasses.replace(model_config, batch_norm_axis_name=axis_name)
+  return Transformer(model_config)
+
+
 _FIXED_LAYER_LEAVES = ('cross_keys', 'cross_values')
 
 

@@ -7,14 +7,16 @@ peak = d_model**-0.5 * warmup**-0.5. The alternatives warm up linearly, then dec
 at `num_train_steps` (cosine or linearly): a short run must end at a small rate.
 """
 
-
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from transformer import losses
-
 SCHEDULES = ('rsqrt', 'cosine', 'linear')
+# Parameter names (the last key of a path) that AdamW decays: weight matrices and the
+# shared embedding. Everything else is a bias, a norm's scale/offset, ScaleNorm's g or the
+# ReZero gate.
+DECAYED_PARAMETERS = frozenset({'kernel', 'embedding'})
 
 
 def _rsqrt_decay(peak: float, warmup_steps: int) -> optax.Schedule:
@@ -44,15 +46,27 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   return lambda count: decay(count + 1)
 
 
+def weight_decay_mask(params):
+  """True where AdamW (Loshchilov & Hutter 2019) decays: by a parameter's role, not its rank.
+
+  Dense kernels and the shared embedding (also the output projection, decayed as in
+  GPT-2/nanoGPT) are decayed. Biases (the q/k/v biases of DenseGeneral are [heads, head_dim]
+  matrices, yet biases), norm scales/offsets, ScaleNorm's g and the ReZero gate are not: they
+  set the scale of activations, and pulling them toward 0 changes what the network computes
+  rather than its complexity.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) in DECAYED_PARAMETERS, params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam (or AdamW when weight_decay > 0), with optional global-norm clipping."""
   schedule = make_schedule(config)
   if config.weight_decay > 0:
     opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                      weight_decay=config.weight_decay, mask=losses.weight_decay_mask)
+                      weight_decay=config.weight_decay, mask=weight_decay_mask)
   else:
     opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt
-

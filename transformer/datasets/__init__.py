@@ -9,8 +9,6 @@ from absl import logging
 import ml_collections
 import tensorflow_datasets as tfds
 
-# Written by `tfds.data_source`'s readers without TensorFlow.
-FILE_FORMAT = 'array_record'
 
 
 def data_dir(config: ml_collections.ConfigDict) -> str:
@@ -26,8 +24,7 @@ def manual_dir(config: ml_collections.ConfigDict) -> str:
 
 def build(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Returns the builder of config.dataset_name, preparing its array_record files once."""
-  builder = tfds.builder(
-      config.dataset_name, data_dir=data_dir(config), file_format=FILE_FORMAT)
+  builder = tfds.builder(config.dataset_name, data_dir=data_dir(config))
   if not builder.is_prepared():
     logging.info('Preparing %s in %s.', config.dataset_name, builder.data_dir)
     builder.download_and_prepare(

@@ -14,6 +14,8 @@ import lzma
 from etils import epath
 import tensorflow_datasets as tfds
 
+from transformer.datasets import array_record_builder
+
 _DATA_FILE = 'bible_fr_en.tsv.xz'
 # Held-out chapters are taken in hash order until each split has at least this many verses.
 _MIN_TEST_PAIRS = 1_500
@@ -59,7 +61,7 @@ def split_chapters(
   return splits
 
 
-class BibleFrEn(tfds.core.GeneratorBasedBuilder):
+class BibleFrEn(array_record_builder.ArrayRecordBuilder):
   """Parallel French-English Bible verses, split by whole chapters."""
 
   VERSION = tfds.core.Version('1.0.0')

@@ -22,6 +22,8 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
+from transformer.datasets import array_record_builder
+
 ARCHIVE_NAMES = ('fr-en.tgz', 'fr-en.zip')
 DOWNLOAD_URL = (
     'https://huggingface.co/datasets/IWSLT/iwslt2017/resolve/'
@@ -168,7 +170,7 @@ def download_archive(manual_dir: str) -> str:
   return path
 
 
-class Iwslt2017FrEn(tfds.core.GeneratorBasedBuilder):
+class Iwslt2017FrEn(array_record_builder.ArrayRecordBuilder):
   """IWSLT 2017 TED talks, French->English."""
 
   VERSION = tfds.core.Version('1.0.0')

@@ -1,25 +1,25 @@
-"""decode.py's work: load a trained workdir, translate a split or a file, score it.
+"""decode.py's work: load a trained workdir, translate a split, a file or a stream, score it.
 
-Everything needed comes from the workdir: the config it was trained with (config.json), its
-vocabulary, and its checkpoints.
+Everything needed to translate text comes from the workdir: the config it was trained with
+(config.json), its vocabulary (vocabulary.model, checked against the hash in config.json) and
+its checkpoints; neither the dataset nor a network is needed unless a split is asked for.
 """
 
 import dataclasses
-import functools
+import json
 import sys
 import time
-from typing import Optional, Sequence
+from typing import IO, Iterator, Optional, Sequence
 
 from absl import logging
-import jax
 
 from transformer import attention_maps
 from transformer import checkpoints
 from transformer import input_pipeline
 from transformer import models
-from transformer import optim
-from transformer import train_lib
-from transformer import translate
+from transformer import steps
+from transformer import tokenizer as tokenizer_lib
+from transformer import translator as translator_lib
 
 
 class InputError(ValueError):
@@ -48,27 +48,35 @@ def read_lines(path: str) -> list[str]:
   return out
 
 
+def load_tokenizer(workdir: str, config) -> tokenizer_lib.Tokenizer:
+  """The workdir's own vocabulary; a workdir from before it kept one uses the dataset's."""
+  path = checkpoints.vocabulary_path(workdir)
+  if path is not None:
+    return tokenizer_lib.Tokenizer.load(path)
+  logging.warning('%s keeps no vocabulary of its own (trained by an older version); using '
+                  "the dataset's.", workdir)
+  return input_pipeline.prepare(config)
+
+
 def load_trained(workdir: str, checkpoint: str = 'best'):
   """(config, tokenizer, model, variables, step) of a trained workdir."""
   config = checkpoints.load_config(workdir)
-  tokenizer = input_pipeline.prepare(config)
-  model = train_lib.make_model(config)
-  tx = optim.make_optimizer(config)
-  abstract = jax.eval_shape(functools.partial(
-      train_lib.init_state, config, model, tx, (1, config.max_length)))
-  state, step = checkpoints.restore_params(workdir, checkpoint, abstract)
+  tokenizer = load_tokenizer(workdir, config)
+  model = models.make_model(config)
+  state, step = checkpoints.restore_params(workdir, checkpoint, steps.abstract_state(config))
   logging.info('Loaded the %s checkpoint of %s (step %d).', checkpoint, workdir, step)
-  return config, tokenizer, model, translate.model_variables(state), step
+  return config, tokenizer, model, steps.model_variables(state), step
 
 
 def search_config(config, *, beam_size: Optional[int] = None,
                   length_penalty: Optional[float] = None,
-                  max_decode_len: Optional[int] = None) -> translate.SearchConfig:
+                  max_decode_len: Optional[int] = None,
+                  nbest: int = 0) -> translator_lib.SearchConfig:
   """The run's search settings, with the command line's overrides."""
-  search = translate.SearchConfig.from_config(config, beam_size=beam_size)
+  search = translator_lib.SearchConfig.from_config(config, beam_size=beam_size)
   if length_penalty is not None:
     search = dataclasses.replace(search, length_penalty=length_penalty)
-  return dataclasses.replace(search, max_decode_len=max_decode_len)
+  return dataclasses.replace(search, max_decode_len=max_decode_len, nbest=nbest)
 
 
 def _check_max_decode_len(model, max_decode_len: Optional[int]) -> None:
@@ -78,7 +86,7 @@ def _check_max_decode_len(model, max_decode_len: Optional[int]) -> None:
 
 
 def cache_sizes(model_config: models.ModelConfig, batch: int,
-                shapes: Sequence[tuple[translate.SearchConfig, int, int]]) -> list[dict]:
+                shapes: Sequence[tuple[translator_lib.SearchConfig, int, int]]) -> list[dict]:
   """KV-cache bytes (all devices together) of each (search, source bucket, decode length)."""
   return [dict(batch=batch, beam=search.beam_size, source_len=source_len,
                max_decode_len=max_decode_len,
@@ -91,12 +99,12 @@ def cache_table(workdir: str, *, beam_size: Optional[int] = None,
                 max_decode_len: Optional[int] = None) -> list[dict]:
   """cache_sizes at every bucket the run's model can see, without decoding anything."""
   config = checkpoints.load_config(workdir)
-  model = train_lib.make_model(config)
+  model = models.make_model(config)
   _check_max_decode_len(model, max_decode_len)
   search = search_config(config, beam_size=beam_size, max_decode_len=max_decode_len)
-  translator = translate.Translator(model, None, batch_size=config.eval_batch_size)
-  buckets = sorted({translate.bucket_length(n, model.config.max_len)
-                    for n in translate.BUCKET_LENGTHS})
+  translator = translator_lib.Translator(model, None, batch_size=config.eval_batch_size)
+  buckets = sorted({translator_lib.bucket_length(n, model.config.max_len)
+                    for n in translator_lib.BUCKET_LENGTHS})
   return cache_sizes(model.config, translator.batch_size,
                      [(search, n, translator.max_decode_len(search, n)) for n in buckets])
 
@@ -125,45 +133,84 @@ def write_attention_maps(workdir: str, sentence: str, out_dir: str, *,
   return paths
 
 
+def _stream_lines(stream: IO[bytes]) -> Iterator[str]:
+  """Lines of a byte stream as they arrive (UTF-8, newline stripped)."""
+  for number, line in enumerate(iter(stream.readline, b''), 1):
+    try:
+      yield line.decode('utf-8').rstrip('\n').rstrip('\r')
+    except UnicodeDecodeError as e:
+      raise InputError(f'stdin:{number}: not valid UTF-8 ({e.reason} at byte {e.start}).') from None
+
+
+def format_hypotheses(source: str, hypotheses: Sequence[tuple[str, float]], nbest: int) -> str:
+  """One output line: the best text, or with nbest a JSON object of the n best, best first."""
+  if not nbest:
+    return hypotheses[0][0]
+  return json.dumps({'source': source, 'hypotheses': [
+      {'text': text, 'score': score} for text, score in hypotheses]}, ensure_ascii=False)
+
+
 def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = None,
            input_path: Optional[str] = None, output_path: Optional[str] = None,
            reference_paths: Sequence[str] = (), beam_size: Optional[int] = None,
            length_penalty: Optional[float] = None,
            max_decode_len: Optional[int] = None,
-           batch_size: Optional[int] = None) -> dict:
+           batch_size: Optional[int] = None, nbest: int = 0) -> dict:
   """Translates `split` of the run's dataset or the lines of `input_path`; scores if it can.
 
-  `max_decode_len` caps every output at that many tokens (eos included) instead of the
-  config's ratio/offset rule. The result's 'cache' lists the KV-cache size of each batch
-  shape that was decoded.
+  `input_path` '-' streams stdin: each line is translated as soon as it arrives and its
+  translation written and flushed, so decode.py can sit behind a pipe (the model is loaded
+  and each length bucket compiled once). `max_decode_len` caps every output at that many
+  tokens (eos included) instead of the config's ratio/offset rule. `nbest` > 0 writes one
+  JSON line per source with its n best hypotheses and their scores. The result's 'cache'
+  lists the KV-cache size of each batch shape that was decoded.
   """
   if (split is None) == (input_path is None):
     raise InputError('Give exactly one of --split and --input.')
   config, tokenizer, model, variables, step = load_trained(workdir, checkpoint)
   references = [read_lines(path) for path in reference_paths]
+  streaming = input_path == '-'
   if split is not None:
     pairs = input_pipeline.load_pairs(config, split)
     sources = [fr for fr, _ in pairs]
     if not references:
       references = [[en for _, en in pairs]]
-  else:
+  elif not streaming:
     sources = read_lines(input_path)
-  for path, stream in zip(reference_paths, references):
-    if len(stream) != len(sources):
-      raise InputError(f'{path} has {len(stream)} lines for {len(sources)} source sentences.')
+  if not streaming:
+    for path, stream in zip(reference_paths, references):
+      if len(stream) != len(sources):
+        raise InputError(f'{path} has {len(stream)} lines for {len(sources)} source sentences.')
   _check_max_decode_len(model, max_decode_len)
-  search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
-                         max_decode_len=max_decode_len)
-  translator = translate.Translator(model, tokenizer,
-                                    batch_size=batch_size or config.eval_batch_size)
+  try:
+    search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
+                           max_decode_len=max_decode_len, nbest=nbest)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  translator = translator_lib.Translator(
+      model, tokenizer, batch_size=1 if streaming else batch_size or config.eval_batch_size)
+  out = open(output_path, 'w', encoding='utf-8') if output_path else sys.stdout
   start = time.perf_counter()
-  hypotheses = translator.translate(variables, sources, search)
+  try:
+    if streaming:
+      sources, hypotheses = [], []
+      for line in _stream_lines(sys.stdin.buffer):
+        found = translator.translate_nbest(variables, [line], search, len(sources) + 1)[0]
+        sources.append(line)
+        hypotheses.append(found[0][0])
+        out.write(format_hypotheses(line, found, nbest) + '\n')
+        out.flush()
+      if not sources:
+        raise InputError('stdin is empty: nothing to translate.')
+    else:
+      found = translator.translate_nbest(variables, sources, search)
+      hypotheses = [h[0][0] for h in found]
+      out.writelines(format_hypotheses(source, h, nbest) + '\n'
+                     for source, h in zip(sources, found))
+  finally:
+    if output_path:
+      out.close()
   seconds = time.perf_counter() - start  # Compilation of each length bucket included.
-  if output_path:
-    with open(output_path, 'w', encoding='utf-8') as f:
-      f.writelines(h + '\n' for h in hypotheses)
-  else:
-    sys.stdout.writelines(h + '\n' for h in hypotheses)
   logging.info('Translated %d sentences in %.1f s (beam %d, compilation included).',
                len(sources), seconds, search.beam_size)
   result = {'step': step, 'sentences': len(sources), 'seconds': seconds,
@@ -171,6 +218,11 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
             'beam_size': search.beam_size, 'hypotheses': hypotheses,
             'cache': cache_sizes(model.config, translator.batch_size, translator.decode_shapes)}
   if references:
-    result.update(translate.score(hypotheses, references))
+    if streaming:  # Only now is the number of source lines known.
+      for path, stream in zip(reference_paths, references):
+        if len(stream) != len(sources):
+          raise InputError(f'{path} has {len(stream)} lines for {len(sources)} source '
+                           'sentences.')
+    result.update(translator_lib.score(hypotheses, references))
     logging.info('%s\n%s', result['bleu_text'], result['chrf_text'])
   return result

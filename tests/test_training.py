@@ -11,8 +11,9 @@ import conftest
 from transformer import checkpoints
 from transformer import input_pipeline
 from transformer import metrics as metrics_lib
-from transformer import optim
-from transformer import train_lib
+from transformer import sharding
+from transformer import steps
+from transformer import training
 
 
 def tiny(bible_config, **overrides):
@@ -54,13 +55,13 @@ class _StopAfter:
 
 def test_resume_equals_unbroken_run(bible_config, tmp_path, monkeypatch):
   config = tiny(bible_config)
-  train_lib.train_and_evaluate(config, str(tmp_path / 'unbroken'))
+  training.train_and_evaluate(config, str(tmp_path / 'unbroken'))
   # Preempted after 3 steps (between checkpoints: the flag saves at step 3), then resumed.
   with monkeypatch.context() as patch:
-    patch.setattr(train_lib, '_PreemptionFlag', lambda: _StopAfter(3))
-    train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    patch.setattr(training, '_PreemptionFlag', lambda: _StopAfter(3))
+    training.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert final_state(tmp_path / 'resumed')[0] == 3
-  train_lib.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  training.train_and_evaluate(config, str(tmp_path / 'resumed'))
 
   step_a, state_a = final_state(tmp_path / 'unbroken')
   step_b, state_b = final_state(tmp_path / 'resumed')
@@ -74,18 +75,16 @@ def test_resume_equals_unbroken_run(bible_config, tmp_path, monkeypatch):
 
 def test_resume_with_another_model_is_a_clear_error(bible_config, tmp_path):
   config = tiny(bible_config, num_train_steps=2)
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
-    train_lib.train_and_evaluate(tiny(bible_config, **{'model.emb_dim': 32}), str(tmp_path))
+    training.train_and_evaluate(tiny(bible_config, **{'model.emb_dim': 32}), str(tmp_path))
 
 
 def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_path):
   """eval_every_steps=0 scores no checkpoint: decoding 'best' then means the last state."""
   config = tiny(bible_config, num_train_steps=6)  # Checkpoints at steps 4 and 6.
-  train_lib.train_and_evaluate(config, str(tmp_path))
-  abstract = jax.eval_shape(functools.partial(
-      train_lib.init_state, config, train_lib.make_model(config), optim.make_optimizer(config),
-      (1, config.max_length)))
+  training.train_and_evaluate(config, str(tmp_path))
+  abstract = steps.abstract_state(config)
   best, best_step = checkpoints.restore_params(str(tmp_path), 'best', abstract)
   step_4, _ = checkpoints.restore_params(str(tmp_path), '4', abstract)
   latest_step, latest = final_state(str(tmp_path))
@@ -96,17 +95,13 @@ def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_
 
 
 def _run_steps(config, mesh, batches, state=None):
-  model = train_lib.make_model(config, axis_name=train_lib.AXIS)
-  tx = optim.make_optimizer(config)
-  if state is None:
-    state = train_lib.init_state(config, train_lib.make_model(config), tx, (1, config.max_length))
-  steps = train_lib.compile_steps(config, model, tx, mesh)
-  state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  compiled = steps.compile_steps(config, mesh)
+  state = compiled.init() if state is None else jax.device_put(state, sharding.replicated(mesh))
   losses = []
   for batch in batches:
-    state, step_metrics = steps.train(state, train_lib.shard_batch(batch, mesh))
+    state, step_metrics = compiled.train(state, sharding.shard_batch(batch, mesh))
     losses.append(float(step_metrics['train/loss']))
-  return jax.device_get(state), losses, steps
+  return jax.device_get(state), losses, compiled
 
 
 @pytest.mark.parametrize('variant', ['baseline', 'batch_norm'])
@@ -125,8 +120,8 @@ def test_two_devices_compute_what_one_does(bible_config, bible_tokenizer, varian
     config.model.norm = 'batch_norm'
   iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
   batches = [next(iterator) for _ in range(3)]
-  one = jax.make_mesh((1,), (train_lib.AXIS,), devices=jax.devices()[:1])
-  two = jax.make_mesh((2,), (train_lib.AXIS,), devices=jax.devices()[:2])
+  one = jax.make_mesh((1,), (sharding.AXIS,), devices=jax.devices()[:1])
+  two = jax.make_mesh((2,), (sharding.AXIS,), devices=jax.devices()[:2])
   state_one, losses_one, _ = _run_steps(config, one, batches)
   state_two, losses_two, _ = _run_steps(config, two, batches)
   np.testing.assert_allclose(losses_one, losses_two, rtol=1e-5)
@@ -141,13 +136,9 @@ def test_steps_compile_once(bible_config, bible_tokenizer):
   """After the first step, new batches and the step's own output state compile nothing."""
   config = tiny(bible_config)
   iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
-  mesh = train_lib.make_mesh()
-  model, tx = train_lib.make_model(config, axis_name=train_lib.AXIS), optim.make_optimizer(config)
-  state = jax.device_put(
-      train_lib.init_state(config, train_lib.make_model(config), tx, (1, config.max_length)),
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  steps = train_lib.compile_steps(config, model, tx, mesh)
-  state, _ = steps.train(state, train_lib.shard_batch(next(iterator), mesh))
+  mesh = sharding.make_mesh()
+  compiled = steps.compile_steps(config, mesh)
+  state, _ = compiled.train(compiled.init(), sharding.shard_batch(next(iterator), mesh))
   compiles = []
 
   def count(event, duration, **kwargs):
@@ -158,7 +149,7 @@ def test_steps_compile_once(bible_config, bible_tokenizer):
   jax.monitoring.register_event_duration_secs_listener(count)
   try:
     for _ in range(3):
-      state, step_metrics = steps.train(state, train_lib.shard_batch(next(iterator), mesh))
+      state, step_metrics = compiled.train(state, sharding.shard_batch(next(iterator), mesh))
     jax.block_until_ready(step_metrics)
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
@@ -167,22 +158,22 @@ def test_steps_compile_once(bible_config, bible_tokenizer):
 
 def test_nonfinite_step_is_skipped_and_counted(bible_config, bible_tokenizer, monkeypatch):
   """A step whose loss is NaN leaves params and optimizer state exactly as they were."""
-  real_loss_sum = train_lib.loss_sum
+  real_loss_sum = steps.loss_sum
   poison = 7  # A batch whose first token is this one yields a NaN loss.
 
   def poisoned_loss_sum(params, batch_stats, batch, rng, **kwargs):
     loss, updates = real_loss_sum(params, batch_stats, batch, rng, **kwargs)
     return jax.numpy.where(batch['inputs'][0, 0] == poison, jax.numpy.nan, loss), updates
 
-  monkeypatch.setattr(train_lib, 'loss_sum', poisoned_loss_sum)
+  monkeypatch.setattr(steps, 'loss_sum', poisoned_loss_sum)
   config = tiny(bible_config)
   iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
   good = [next(iterator) for _ in range(2)]
   bad = {k: v.copy() for k, v in good[1].items()}
   bad['inputs'][0, 0] = poison
   assert all(b['inputs'][0, 0] != poison for b in good)
-  mesh = train_lib.make_mesh()
-  after_good, _, steps = _run_steps(config, mesh, good[:1])
+  mesh = sharding.make_mesh()
+  after_good, _, _ = _run_steps(config, mesh, good[:1])
   after_bad, losses, _ = _run_steps(config, mesh, [bad], state=after_good)
   assert np.isnan(losses[0])
   jax.tree.map(np.testing.assert_array_equal, after_bad.params, after_good.params)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from transformer import attention_maps
-from transformer import decode_lib
-from transformer import decoding
-from transformer import translate
+from transformer import inference
+from transformer import search as search_lib
+from transformer import translator as translator_lib
 
 ROOT = pathlib.Path(__file__).parent.parent
 MAX_LEN = 48  # The tiny model's max_len: buckets 16, 32 and 48.
@@ -28,7 +28,7 @@ LONG = ('La terre était informe et vide: il y avait des ténèbres à la surfac
 @pytest.fixture(scope='session')
 def workdir(bible_config, tmp_path_factory):
   """A workdir trained for 2 steps at a tiny size (made once per session)."""
-  from transformer import train_lib  # pylint: disable=g-import-not-at-top
+  from transformer import training  # pylint: disable=g-import-not-at-top
   config = bible_config.copy_and_resolve_references()
   config.update(dict(num_train_steps=2, batch_size=4, max_length=32, max_target_length=28,
                      eval_every_steps=2,
@@ -37,14 +37,14 @@ def workdir(bible_config, tmp_path_factory):
   config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1,
                            max_len=MAX_LEN))
   path = os.fspath(tmp_path_factory.mktemp('tiny_workdir'))
-  train_lib.train_and_evaluate(config, path)
+  training.train_and_evaluate(config, path)
   return path
 
 
 @pytest.fixture(scope='session')
 def trained(workdir):
   """(config, tokenizer, model, variables, step) of the tiny workdir."""
-  return decode_lib.load_trained(workdir)
+  return inference.load_trained(workdir)
 
 
 def perturbed(variables, scale=0.3, seed=1):
@@ -68,11 +68,11 @@ def test_input_order_kept_across_buckets(trained):
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
   sentences = [LONG, SHORT, MIDDLE, MEDIUM, 'Et cela fut ainsi.', LONG + ' Dieu vit.']
-  translator = translate.Translator(model, tokenizer, batch_size=2)
+  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
   sources = translator.encode_sources(sentences)
-  buckets = {translate.bucket_length(len(s), MAX_LEN) for s in sources}
+  buckets = {translator_lib.bucket_length(len(s), MAX_LEN) for s in sources}
   assert buckets == {16, 32, 48}  # The list really spans every bucket, out of order.
-  search = translate.SearchConfig(beam_size=1, max_decode_len=6)
+  search = translator_lib.SearchConfig(beam_size=1, max_decode_len=6)
   together = translator.translate_ids(variables, sources, search)
   alone = [translator.translate_ids(variables, [s], search)[0] for s in sources]
   assert together == alone
@@ -82,7 +82,7 @@ def test_input_order_kept_across_buckets(trained):
 def test_empty_lines_give_empty_output_lines(workdir, tmp_path):
   lines = ['', SHORT, '   ', MEDIUM, '']
   out = tmp_path / 'out.en'
-  result = decode_lib.decode(workdir, input_path=write(tmp_path / 'in.fr', lines),
+  result = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', lines),
                              output_path=os.fspath(out), beam_size=1, max_decode_len=4)
   written = out.read_text(encoding='utf-8').split('\n')
   assert written[-1] == '' and len(written) == len(lines) + 1
@@ -93,15 +93,15 @@ def test_empty_lines_give_empty_output_lines(workdir, tmp_path):
 def test_non_utf8_input_is_an_error_naming_the_line(workdir, tmp_path):
   path = tmp_path / 'latin1.fr'
   path.write_bytes('Dieu dit.\nÀ la fin.\n'.encode('latin-1'))
-  with pytest.raises(decode_lib.InputError, match=r'latin1\.fr:2: not valid UTF-8'):
-    decode_lib.decode(workdir, input_path=os.fspath(path))
+  with pytest.raises(inference.InputError, match=r'latin1\.fr:2: not valid UTF-8'):
+    inference.decode(workdir, input_path=os.fspath(path))
 
 
 def test_empty_input_file_is_an_error(workdir, tmp_path):
   path = tmp_path / 'empty.fr'
   path.write_bytes(b'')
-  with pytest.raises(decode_lib.InputError, match='empty: nothing to translate'):
-    decode_lib.decode(workdir, input_path=os.fspath(path))
+  with pytest.raises(inference.InputError, match='empty: nothing to translate'):
+    inference.decode(workdir, input_path=os.fspath(path))
 
 
 @pytest.mark.parametrize('stdin, message', [
@@ -121,7 +121,7 @@ def test_too_long_sentence_is_truncated_with_a_warning(trained, workdir, tmp_pat
   too_long = ' '.join([LONG] * 3)
   assert len(tokenizer.encode(too_long)) + 1 > MAX_LEN
   with caplog.at_level(logging.WARNING):
-    result = decode_lib.decode(
+    result = inference.decode(
         workdir, input_path=write(tmp_path / 'in.fr', ['', SHORT, too_long]),
         output_path=os.fspath(tmp_path / 'out.en'), beam_size=1, max_decode_len=4)
   assert result['truncated'] == 1
@@ -136,8 +136,8 @@ def full_forward_greedy(model, variables, source, limit, eos_id):
 
   The next token after `prefix` is the argmax at position len(prefix) of a pass on targets
   prefix + [eos] (any non-pad token there; later positions are padding and masked). At
-  position limit - 1 only eos may be chosen (decoding.py's convention), and the pad id 0 is
-  never chosen (translate.py's rule). Returns the tokens before eos.
+  position limit - 1 only eos may be chosen (search.py's convention), and the pad id 0 is
+  never chosen (translator.py's rule). Returns the tokens before eos.
   """
   variables = jax.tree.map(np.asarray, variables)  # On the host: no mesh, no sharding.
   forward = jax.jit(lambda t: model.apply(variables, np.asarray([source]), t, train=False))
@@ -159,9 +159,9 @@ def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
   _, tokenizer, model, variables, _ = trained
   if noise:
     variables = perturbed(variables)
-  translator = translate.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, 'Et le soir vint.'])
-  search = translate.SearchConfig(beam_size=1, length_ratio=0.5, length_offset=3,
+  search = translator_lib.SearchConfig(beam_size=1, length_ratio=0.5, length_offset=3,
                                   max_decode_len=cap)
   cached = translator.translate_ids(variables, sources, search)
   limits = [cap or int(np.ceil(0.5 * len(s) + 3)) for s in sources]
@@ -174,17 +174,17 @@ def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
 def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(trained):
   """translate keeps the source mask and cross keys/values out of the beam reorder.
 
-  Reference: decoding.beam_search over the model's whole cache, every leaf reordered.
+  Reference: search_lib.beam_search over the model's whole cache, every leaf reordered.
   """
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
-  translator = translate.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, MIDDLE, 'Et le soir vint.'])
-  search = translate.SearchConfig(beam_size=4, max_decode_len=8)
+  search = translator_lib.SearchConfig(beam_size=4, max_decode_len=8)
   got = translator.translate_ids(variables, sources, search)
 
   host_variables = jax.tree.map(np.asarray, variables)
-  rows = np.zeros((len(sources), translate.bucket_length(max(map(len, sources)), MAX_LEN)),
+  rows = np.zeros((len(sources), translator_lib.bucket_length(max(map(len, sources)), MAX_LEN)),
                   np.int32)
   for row, source in zip(rows, sources):
     row[:len(source)] = source
@@ -194,9 +194,9 @@ def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(t
     logits, cache = model.apply(host_variables, cache, tokens, method=model.decode_step)
     return logits.at[:, 0].set(-jnp.inf), cache
 
-  sequences, _ = decoding.beam_search(step_fn, cache, batch_size=len(sources), beam_size=4,
+  sequences, _ = search_lib.beam_search(step_fn, cache, batch_size=len(sources), beam_size=4,
                                       max_decode_len=8, length_penalty=search.length_penalty)
-  expected = [translate._strip(np.asarray(s), tokenizer.eos_id) for s in sequences[:, 0]]  # pylint: disable=protected-access
+  expected = [translator_lib._strip(np.asarray(s), tokenizer.eos_id) for s in sequences[:, 0]]  # pylint: disable=protected-access
   assert got == expected
   assert len({tuple(t) for t in got}) >= 3  # Sentences differ, so a row mix-up would show.
 
@@ -206,7 +206,7 @@ def test_attention_maps(trained, tmp_path):
   variables = perturbed(variables)
   paths, weights = attention_maps.write_attention_maps(
       model, variables, tokenizer, SHORT, os.fspath(tmp_path),
-      search=translate.SearchConfig(max_decode_len=5))
+      search=translator_lib.SearchConfig(max_decode_len=5))
   layers, heads = config.model.num_layers, config.model.num_heads
   assert len(paths) == len(set(paths)) == 3 * layers * heads
   for path in paths:
@@ -238,7 +238,7 @@ def test_attention_maps(trained, tmp_path):
 
 def test_cache_report_matches_the_real_cache(trained, workdir, tmp_path):
   config, _, model, variables, _ = trained
-  result = decode_lib.decode(workdir, input_path=write(tmp_path / 'in.fr', [SHORT, MIDDLE]),
+  result = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', [SHORT, MIDDLE]),
                              output_path=os.fspath(tmp_path / 'out.en'), beam_size=2)
   assert {row['source_len'] for row in result['cache']} == {16, 32}
   for row in result['cache']:
@@ -277,3 +277,98 @@ def test_decode_cli_prints_what_the_sacrebleu_cli_prints(trained, workdir, tmp_p
   assert f'Translated {len(sources)} sentences in ' in decoded.stderr
   config = trained[0]
   assert len(list(maps.glob('*.png'))) == 3 * config.model.num_layers * config.model.num_heads
+
+
+def test_workdir_translates_without_its_dataset(workdir, tmp_path):
+  """A workdir carries its vocabulary: decode.py needs neither the dataset nor a network.
+
+  The workdir is copied and its config pointed at an empty data_dir (a machine that never
+  saw the corpus); decoding a file must translate as the original does and build nothing.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  moved, empty = tmp_path / 'moved', tmp_path / 'empty_tfds'
+  shutil.copytree(workdir, moved)
+  empty.mkdir()
+  config_path = moved / 'config.json'
+  recorded = json.loads(config_path.read_text())
+  assert recorded['vocabulary']['file'] == 'vocabulary.model'
+  recorded['data_dir'] = os.fspath(empty)
+  config_path.write_text(json.dumps(recorded))
+  source = write(tmp_path / 'in.fr', [SHORT, MEDIUM])
+  here = inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'a'),
+                          beam_size=2)
+  run = subprocess.run([sys.executable, 'decode.py', f'--workdir={moved}', f'--input={source}',
+                        '--beam_size=2'], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'TFDS_DATA_DIR': os.fspath(empty)})
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines() == here['hypotheses']
+  assert not list(empty.iterdir())  # Nothing was built or downloaded.
+
+
+def test_a_changed_vocabulary_is_refused(workdir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  moved = tmp_path / 'moved'
+  shutil.copytree(workdir, moved)
+  with open(moved / 'vocabulary.model', 'ab') as f:
+    f.write(b'\0')
+  with pytest.raises(ValueError, match='not the vocabulary this run was trained with'):
+    inference.load_trained(os.fspath(moved))
+
+
+def test_stdin_is_translated_line_by_line_as_it_arrives(workdir, tmp_path):
+  """Behind a pipe: each translation comes back before the next line is written."""
+  lines = [SHORT, MEDIUM, MIDDLE]
+  expected = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', lines),
+                              output_path=os.fspath(tmp_path / 'out.en'))['hypotheses']
+  process = subprocess.Popen([sys.executable, 'decode.py', f'--workdir={workdir}', '--input=-'],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+  try:
+    got = []
+    for line in lines:
+      process.stdin.write(line + '\n')
+      process.stdin.flush()
+      got.append(process.stdout.readline().rstrip('\n'))  # Blocks until this line is done.
+    process.stdin.close()
+    assert process.wait(timeout=120) == 0
+  finally:
+    process.kill()
+  assert got == expected
+
+
+def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
+  """--nbest=3 at beam 4: JSON lines whose best text is the plain output, scores descending.
+
+  The best hypothesis' score is checked against a teacher-forced pass: the sum of its token
+  log-probabilities (the pad id excluded, as in search) over the GNMT length penalty.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  config, tokenizer, model, variables, _ = trained
+  lines = [SHORT, MEDIUM]
+  source = write(tmp_path / 'in.fr', lines)
+  plain = inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'a'),
+                           beam_size=4)['hypotheses']
+  inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'b'),
+                   beam_size=4, nbest=3)
+  rows = [json.loads(line) for line in (tmp_path / 'b').read_text().splitlines()]
+  assert [row['source'] for row in rows] == lines
+  assert [row['hypotheses'][0]['text'] for row in rows] == plain
+  for row in rows:
+    scores = [h['score'] for h in row['hypotheses']]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+
+  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
+  search = translator_lib.SearchConfig(beam_size=4, length_penalty=config.length_penalty,
+                                       nbest=3)
+  ids, score = translator.search_ids(variables, translator.encode_sources([MEDIUM]), search)[0][0]
+  target = ids + [tokenizer.eos_id]
+  logits = np.array(model.apply(variables, jnp.asarray(translator.encode_sources([MEDIUM])),
+                                jnp.asarray([target]), train=False)[0], np.float64)
+  logits[:, 0] = -np.inf  # The search never chooses the pad id.
+  top = logits.max(-1, keepdims=True)
+  log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+  total = np.sum(log_probs[np.arange(len(target)), target])
+  penalty = ((5 + len(target)) / 6) ** config.length_penalty
+  np.testing.assert_allclose(score, total / penalty, rtol=1e-4)
+  np.testing.assert_allclose(score, rows[1]['hypotheses'][0]['score'], rtol=1e-5)

@@ -1,6 +1,7 @@
-"""Text in, text out: batching, bucketing and scoring around the search in decoding.py.
+"""Text in, text out: batching, bucketing and scoring around the search in search.py.
 
-Shared by train-time validation BLEU and decode.py, so both measure the same thing.
+Shared by train-time validation BLEU (training.Validation) and decode.py, so both measure
+the same thing.
 Sentences are sorted by length into a few fixed bucket lengths, so a batch's shape (and
 with it the compiled program) depends only on its bucket, never on its sentences; the
 translations come back in input order.
@@ -15,16 +16,16 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import numpy as np
 import sacrebleu
 
-from transformer import decoding
-from transformer import input_pipeline
 from transformer import models
+from transformer import search as search_lib
+from transformer import sharding
 
-AXIS = 'data'
+AXIS = sharding.AXIS
 BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -37,6 +38,15 @@ class SearchConfig:
   length_offset: int = 10
   # An absolute cap on output tokens (eos included) that replaces the ratio/offset rule.
   max_decode_len: Optional[int] = None
+  # Hypotheses returned per sentence with their scores (beam search's best first); 0 = only
+  # the best one's text. At most beam_size; beam_size 1 is then a beam search of width 1.
+  nbest: int = 0
+
+  def __post_init__(self):
+    if self.beam_size < 1:
+      raise ValueError(f'beam_size must be at least 1, got {self.beam_size}.')
+    if not 0 <= self.nbest <= self.beam_size:
+      raise ValueError(f'nbest={self.nbest} must be in [0, beam_size={self.beam_size}].')
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, beam_size: Optional[int] = None):
@@ -76,7 +86,7 @@ class Translator:
   def __init__(self, model, tokenizer, *, batch_size: int, mesh: Optional[Mesh] = None):
     self._model = model
     self._tokenizer = tokenizer
-    self._mesh = mesh if mesh is not None else jax.make_mesh((jax.device_count(),), (AXIS,))
+    self._mesh = mesh if mesh is not None else sharding.make_mesh()
     devices = self._mesh.devices.size
     self._batch_size = max(devices, batch_size // devices * devices)
     self._compiled = {}
@@ -109,7 +119,7 @@ class Translator:
       per_device = functools.partial(_decode_batch, model=self._model, search=search,
                                      max_decode_len=max_decode_len)
       # Decoding has no collectives; check_vma=False lets the search's while_loop start
-      # from unvarying zeros and carry per-device values without pcasts in decoding.py.
+      # from unvarying zeros and carry per-device values without pcasts in search.py.
       self._compiled[key] = jax.jit(jax.shard_map(
           per_device, mesh=self._mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS),
           check_vma=False))
@@ -138,9 +148,18 @@ class Translator:
   def translate_ids(self, variables, sources: Sequence[Sequence[int]],
                     search: SearchConfig) -> list[list[int]]:
     """Output token ids (without eos) for each source, in input order."""
+    return [hypotheses[0][0] for hypotheses in self.search_ids(variables, sources, search)]
+
+  def search_ids(self, variables, sources: Sequence[Sequence[int]],
+                 search: SearchConfig) -> list[list[tuple[list[int], float]]]:
+    """max(nbest, 1) (ids without eos, score) per source, best first, in input order.
+
+    The score is beam search's: sum of log-probabilities / GNMT length penalty (0.0 for
+    greedy search, which returns no score).
+    """
     max_len = self._model.config.max_len
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs: list[Optional[list[int]]] = [None] * len(sources)
+    outputs: list[Optional[list[tuple[list[int], float]]]] = [None] * len(sources)
     start = 0
     while start < len(order):
       bucket = bucket_length(len(sources[order[start]]), max_len)
@@ -149,30 +168,41 @@ class Translator:
       rows = np.zeros((self._batch_size, bucket), np.int32)
       for row, i in enumerate(chunk):
         rows[row, :len(sources[i])] = sources[i]
-      tokens = self._run(self._decode_fn(search, bucket), variables, rows)
+      tokens, scores = self._run(self._decode_fn(search, bucket), variables, rows)
       for row, i in enumerate(chunk):
-        outputs[i] = _strip(tokens[row], self._tokenizer.eos_id)
+        outputs[i] = [(_strip(t, self._tokenizer.eos_id), float(s))
+                      for t, s in zip(tokens[row], scores[row]) if s > -np.inf]
       start += len(chunk)
     return outputs
 
-  def _run(self, fn, variables, rows: np.ndarray) -> np.ndarray:
+  def _run(self, fn, variables, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs a decode on this process's share of `rows`; every process gets all outputs."""
     per_process = rows.shape[0] // jax.process_count()
     local = rows[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-    batch = jax.make_array_from_process_local_data(NamedSharding(self._mesh, P(AXIS)), local)
-    tokens = fn(variables, batch)
+    batch = jax.make_array_from_process_local_data(sharding.batch_sharded(self._mesh), local)
+    outputs = fn(variables, batch)
     if jax.process_count() > 1:
-      return np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-    return np.asarray(tokens)
+      outputs = multihost_utils.process_allgather(outputs, tiled=True)
+    return jax.tree.map(np.asarray, outputs)
 
   def translate(self, variables, sentences: Sequence[str], search: SearchConfig) -> list[str]:
     """Detokenized translations; an empty input line gives an empty output line."""
+    return [hypotheses[0][0] for hypotheses in self.translate_nbest(variables, sentences, search)]
+
+  def translate_nbest(self, variables, sentences: Sequence[str], search: SearchConfig,
+                      first_line: int = 1) -> list[list[tuple[str, float]]]:
+    """max(search.nbest, 1) (text, score) per sentence, best first (see search_ids).
+
+    An empty input line gives one empty hypothesis scored 0. `first_line` numbers the
+    sentences in warnings.
+    """
     nonempty = [i for i, s in enumerate(sentences) if s.strip()]
-    sources = self.encode_sources([sentences[i] for i in nonempty], [i + 1 for i in nonempty])
-    ids = self.translate_ids(variables, sources, search)
-    out = [''] * len(sentences)
-    for i, output in zip(nonempty, ids):
-      out[i] = self._tokenizer.decode(output)
+    sources = self.encode_sources([sentences[i] for i in nonempty],
+                                  [first_line + i for i in nonempty])
+    found = self.search_ids(variables, sources, search)
+    out = [[('', 0.0)] for _ in sentences]
+    for i, hypotheses in zip(nonempty, found):
+      out[i] = [(self._tokenizer.decode(ids), score) for ids, score in hypotheses]
     return out
 
 
@@ -188,13 +218,17 @@ def _strip(tokens: np.ndarray, eos_id: int) -> list[int]:
 
 
 def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_len: int):
-  """One device's batch: encode once, then greedy or beam search over the KV cache."""
+  """One device's batch: encode once, then greedy or beam search over the KV cache.
+
+  Returns (tokens [batch, n, max_decode_len], scores [batch, n]) of the n = max(nbest, 1)
+  best hypotheses of each sentence.
+  """
   batch_size = inputs.shape[0]
   fixed, cache = models.split_fixed_cache(
       model.apply(variables, inputs, max_decode_len, method=model.init_cache))
-  if search.beam_size > 1:  # Rows as beam_search lays them out: each sentence beam_size times.
-    fixed = jax.tree.map(lambda x: decoding.flatten_beam_dim(
-        decoding.add_beam_dim(x, search.beam_size)), fixed)
+  if search.beam_size > 1 or search.nbest:  # Beam search's rows: each sentence beam_size times.
+    fixed = jax.tree.map(lambda x: search_lib.flatten_beam_dim(
+        search_lib.add_beam_dim(x, search.beam_size)), fixed)
   if search.max_decode_len is None:
     source_lengths = jnp.sum(inputs > 0, axis=1)
     max_lengths = jnp.minimum(
@@ -210,39 +244,13 @@ def _decode_batch(variables, inputs, *, model, search: SearchConfig, max_decode_
     # would be a token the model never saw in training, and is stripped from the text.
     return logits.at[:, 0].set(-jnp.inf), models.split_fixed_cache(cache)[1]
 
-  if search.beam_size == 1:
-    return decoding.greedy_search(step_fn, cache, batch_size=batch_size,
-                                  max_decode_len=max_decode_len, max_lengths=max_lengths)
-  sequences, _ = decoding.beam_search(
+  if search.beam_size == 1 and not search.nbest:
+    tokens = search_lib.greedy_search(step_fn, cache, batch_size=batch_size,
+                                      max_decode_len=max_decode_len, max_lengths=max_lengths)
+    return tokens[:, None], jnp.zeros((batch_size, 1), jnp.float32)
+  sequences, scores = search_lib.beam_search(
       step_fn, cache, batch_size=batch_size, beam_size=search.beam_size,
       max_decode_len=max_decode_len, max_lengths=max_lengths,
       length_penalty=search.length_penalty)
-  return sequences[:, 0]
-
-
-def model_variables(state) -> dict:
-  """The variables a model needs for inference, from a TrainState."""
-  variables = {'params': state.params}
-  if state.batch_stats:
-    variables['batch_stats'] = state.batch_stats
-  return variables
-
-
-class Validation:
-  """Greedy BLEU of the validation split during training."""
-
-  def __init__(self, config: ml_collections.ConfigDict, tokenizer, mesh: Mesh):
-    from transformer import train_lib  # The model factory; train_lib imports this module.
-    pairs = input_pipeline.load_pairs(config, 'validation')
-    if config.num_eval_bleu_sentences:
-      pairs = pairs[:config.num_eval_bleu_sentences]
-    self._sources = [fr for fr, _ in pairs]
-    self._references = [en for _, en in pairs]
-    self._translator = Translator(train_lib.make_model(config), tokenizer,
-                                  batch_size=config.eval_batch_size, mesh=mesh)
-    self._search = SearchConfig.from_config(config, beam_size=1)
-
-  def bleu(self, state) -> dict[str, float]:
-    hypotheses = self._translator.translate(model_variables(state), self._sources, self._search)
-    scores = score(hypotheses, [self._references])
-    return {'eval/bleu': scores['bleu'], 'eval/chrf': scores['chrf']}
+  keep = max(search.nbest, 1)  # [batch, keep, max_decode_len], [batch, keep]
+  return sequences[:, :keep], scores[:, :keep]

@@ -1,4 +1,4 @@
-"""Tests for transformer/decoding.py against NumPy references.
+"""Tests for transformer/search.py against NumPy references.
 
 The fake model is a table of logits indexed by (table, step, token before the
 previous one, previous token). The token before the previous one lives only in
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import decoding
+from transformer import search as search_lib
 
 EOS = 1
 VOCAB = 5  # pad/bos 0, eos 1, words 2..4
@@ -107,22 +107,22 @@ def test_length_penalty_matches_gnmt_formula():
   lengths = np.array([1, 2, 7, 30])
   for alpha in (0.0, 0.6, 1.0):
     np.testing.assert_allclose(
-        decoding.length_penalty_fn(lengths, alpha),
+        search_lib.length_penalty_fn(lengths, alpha),
         ((5.0 + lengths) / 6.0) ** alpha, rtol=1e-6)
   # Length counts eos: a hypothesis that is only eos is not penalised.
-  assert decoding.length_penalty_fn(1, 0.6) == pytest.approx(1.0)
+  assert search_lib.length_penalty_fn(1, 0.6) == pytest.approx(1.0)
 
 
 def test_beam_helpers_tile_and_gather_rows_but_not_scalars():
   tree = {'rows': jnp.arange(6).reshape(2, 3), 'index': jnp.array(7)}
-  tiled = jax.tree_util.tree_map(lambda x: decoding.add_beam_dim(x, 4), tree)
+  tiled = jax.tree_util.tree_map(lambda x: search_lib.add_beam_dim(x, 4), tree)
   assert tiled['rows'].shape == (2, 4, 3) and tiled['index'] == 7
-  flat = jax.tree_util.tree_map(decoding.flatten_beam_dim, tiled)
+  flat = jax.tree_util.tree_map(search_lib.flatten_beam_dim, tiled)
   np.testing.assert_array_equal(flat['rows'][:4], np.tile([0, 1, 2], (4, 1)))
   back = jax.tree_util.tree_map(
-      lambda x: decoding.unflatten_beam_dim(x, 4), flat)
+      lambda x: search_lib.unflatten_beam_dim(x, 4), flat)
   rows = back['rows'] + jnp.arange(4)[None, :, None] * 10  # beams differ
-  picked = decoding.gather_beams({'rows': rows, 'index': back['index']},
+  picked = search_lib.gather_beams({'rows': rows, 'index': back['index']},
                                  jnp.array([[3, 0], [1, 1]]))
   np.testing.assert_array_equal(picked['rows'][:, :, 0], [[30, 0], [13, 13]])
   assert picked['index'] == 7
@@ -138,7 +138,7 @@ def test_large_beam_returns_every_hypothesis_with_its_score(
   # 1 + 4 + 16 + 64 = 85 sequences of <= 4 tokens, and at most 16 * 5 = 80
   # candidates at a step: a beam of 85 enumerates everything.
   beam_size = 85
-  sequences, scores = decoding.beam_search(
+  sequences, scores = search_lib.beam_search(
       make_step_fn(tables), make_cache([0, 1], per_row_step),
       batch_size=2, beam_size=beam_size, max_decode_len=max_decode_len,
       max_lengths=jnp.array(limits), length_penalty=alpha)
@@ -167,9 +167,9 @@ def test_beam_search_finds_what_greedy_misses():
   tables = np.broadcast_to(logits[:, None], (3,) + (VOCAB,) * 3)[None]
   step_fn, cache = make_step_fn(tables), make_cache([0])
 
-  greedy = decoding.greedy_search(step_fn, cache, batch_size=1,
+  greedy = search_lib.greedy_search(step_fn, cache, batch_size=1,
                                   max_decode_len=3)
-  sequences, scores = decoding.beam_search(
+  sequences, scores = search_lib.beam_search(
       step_fn, cache, batch_size=1, beam_size=2, max_decode_len=3)
 
   np.testing.assert_array_equal(greedy[0], [2, EOS, 0])
@@ -190,12 +190,12 @@ def test_greedy_matches_numpy_and_beam_size_one(seed):
   limits = rng.integers(1, max_decode_len + 3, batch_size)
   step_fn, cache = make_step_fn(tables), make_cache(np.arange(batch_size))
 
-  greedy = decoding.greedy_search(
+  greedy = search_lib.greedy_search(
       step_fn, cache, batch_size=batch_size, max_decode_len=max_decode_len,
       max_lengths=jnp.array(limits))
   # With alpha = 0 the score is the log-probability, so a one-hypothesis beam
   # must follow the argmax path and end where greedy ends.
-  sequences, _ = decoding.beam_search(
+  sequences, _ = search_lib.beam_search(
       step_fn, cache, batch_size=batch_size, beam_size=1,
       max_decode_len=max_decode_len, max_lengths=jnp.array(limits),
       length_penalty=0.0)
@@ -215,10 +215,10 @@ def test_max_lengths_force_eos():
               [2, 2, 2, 2, 2, EOS]]
   max_lengths = jnp.array([2, 5, 9])  # 9 is clipped to max_decode_len
 
-  greedy = decoding.greedy_search(step_fn, cache, batch_size=3,
+  greedy = search_lib.greedy_search(step_fn, cache, batch_size=3,
                                   max_decode_len=max_decode_len,
                                   max_lengths=max_lengths)
-  sequences, scores = decoding.beam_search(
+  sequences, scores = search_lib.beam_search(
       step_fn, cache, batch_size=3, beam_size=3,
       max_decode_len=max_decode_len, max_lengths=max_lengths)
 
@@ -239,7 +239,7 @@ def test_greedy_stops_once_every_sentence_ended():
   logits[1, 3:, :, :, EOS] = 5.0
   step_fn, calls = counting(make_step_fn(logits))
 
-  tokens = decoding.greedy_search(step_fn, make_cache([0, 1]), batch_size=2,
+  tokens = search_lib.greedy_search(step_fn, make_cache([0, 1]), batch_size=2,
                                   max_decode_len=max_decode_len)
   jax.effects_barrier()
 
@@ -260,7 +260,7 @@ def test_beam_search_stops_when_no_live_beam_can_win():
   logits[..., EOS] = np.log(0.7)
   step_fn, calls = counting(make_step_fn(logits))
 
-  sequences, scores = decoding.beam_search(
+  sequences, scores = search_lib.beam_search(
       step_fn, make_cache([0]), batch_size=1, beam_size=2,
       max_decode_len=max_decode_len, length_penalty=alpha)
   jax.effects_barrier()
@@ -288,8 +288,8 @@ def test_permuting_the_batch_permutes_the_outputs():
     step_fn, cache = make_step_fn(tables), make_cache(rows)
     common = dict(batch_size=batch_size, max_decode_len=max_decode_len,
                   max_lengths=jnp.array(limits[rows]))
-    return (decoding.greedy_search(step_fn, cache, **common),
-            *decoding.beam_search(step_fn, cache, beam_size=3, **common))
+    return (search_lib.greedy_search(step_fn, cache, **common),
+            *search_lib.beam_search(step_fn, cache, beam_size=3, **common))
 
   original = decode(np.arange(batch_size))
   permuted = decode(permutation)
@@ -308,10 +308,10 @@ def test_jitted_searches_do_not_retrace_for_new_values():
     return table_step_fn(tokens, cache)
 
   greedy = jax.jit(functools.partial(
-      decoding.greedy_search, step_fn, batch_size=2,
+      search_lib.greedy_search, step_fn, batch_size=2,
       max_decode_len=max_decode_len))
   beam = jax.jit(functools.partial(
-      decoding.beam_search, step_fn, batch_size=2, beam_size=3,
+      search_lib.beam_search, step_fn, batch_size=2, beam_size=3,
       max_decode_len=max_decode_len))
 
   outputs = []
@@ -327,6 +327,6 @@ def test_jitted_searches_do_not_retrace_for_new_values():
   assert not np.array_equal(outputs[0][0], outputs[1][0])
   np.testing.assert_array_equal(
       outputs[1][0],
-      decoding.greedy_search(make_step_fn(tables), make_cache([1, 0]),
+      search_lib.greedy_search(make_step_fn(tables), make_cache([1, 0]),
                              batch_size=2, max_decode_len=max_decode_len,
                              max_lengths=jnp.array([2, 4])))

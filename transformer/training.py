@@ -1,0 +1,220 @@
+"""The training loop around the pure step of steps.py: data, evaluation, checkpoints, metrics.
+
+`train_and_evaluate` checks the workdir, prepares the data and vocabulary, restores or
+initializes the state, then runs the jitted step over the data-parallel mesh, fetching
+metrics every `log_every_steps`, evaluating every `eval_every_steps` and checkpointing every
+`checkpoint_every_steps`. SIGTERM saves and exits; a killed run resumes exactly.
+"""
+
+import math
+import os
+import signal
+import tempfile
+import time
+from typing import Iterator
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from transformer import checkpoints
+from transformer import config_checks
+from transformer import input_pipeline
+from transformer import metrics as metrics_lib
+from transformer import models
+from transformer import optim
+from transformer import plots
+from transformer import sharding
+from transformer import steps as steps_lib
+from transformer import translator as translator_lib
+
+
+class Validation:
+  """Greedy BLEU of the validation split during training."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer, mesh):
+    pairs = input_pipeline.load_pairs(config, 'validation')
+    if config.num_eval_bleu_sentences:
+      pairs = pairs[:config.num_eval_bleu_sentences]
+    self._sources = [fr for fr, _ in pairs]
+    self._references = [en for _, en in pairs]
+    self._translator = translator_lib.Translator(
+        models.make_model(config), tokenizer, batch_size=config.eval_batch_size, mesh=mesh)
+    self._search = translator_lib.SearchConfig.from_config(config, beam_size=1)
+
+  def bleu(self, state: steps_lib.TrainState) -> dict[str, float]:
+    hypotheses = self._translator.translate(steps_lib.model_variables(state), self._sources,
+                                            self._search)
+    scores = translator_lib.score(hypotheses, [self._references])
+    return {'eval/bleu': scores['bleu'], 'eval/chrf': scores['chrf']}
+
+
+def evaluate_loss(steps: steps_lib.CompiledSteps, state: steps_lib.TrainState,
+                  batches: Iterator, mesh) -> dict:
+  """Validation loss (unsmoothed cross-entropy per target token) and perplexity."""
+  totals = None
+  for batch in batches:
+    out = steps.eval(state, sharding.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  loss = float(totals['loss'] / max(totals['tokens'], 1))
+  return {'eval/loss': loss, 'eval/perplexity': math.exp(min(loss, 50.0))}
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop checks it between steps, saves and exits cleanly."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+    self.raised = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many consecutive steps with NaN/Inf loss or gradients."""
+
+
+def _check_workdir(workdir: str) -> None:
+  """Fails before any work if the workdir cannot hold checkpoints."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # A name of its own: the processes of a multi-process run probe the same folder.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test') as f:
+      f.write(b'\0' * 1024)
+      f.flush()
+  except OSError as e:
+    raise OSError(f'Cannot write to workdir {workdir!r}: {e}') from e
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns last metrics.
+
+  Nothing is written to the workdir before the config is known to be valid, the workdir
+  writable and the data and vocabulary prepared: a run that fails at start-up leaves the
+  workdir as it was. The vocabulary is then copied into the workdir (its hash recorded in
+  config.json), so that decoding needs neither the dataset nor a network.
+  """
+  config_checks.validate(config)  # A bad field fails here, before any work.
+  _check_workdir(workdir)
+  checkpoints.check_config(workdir, config)
+  mesh = sharding.make_mesh()
+  num_devices = mesh.devices.size
+  if config.batch_size % num_devices:
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+                     f'{num_devices} devices.')
+  logging.info('Training on %d devices (%d processes): %s', num_devices, jax.process_count(),
+               jax.devices())
+
+  tokenizer = input_pipeline.prepare(config)
+  checkpoints.save_config(workdir, config, tokenizer)
+  train_iter = input_pipeline.make_train_iterator(
+      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
+
+  schedule = optim.make_schedule(config)
+  steps = steps_lib.compile_steps(config, mesh)
+  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
+  state = checkpointer.restore(jax.eval_shape(steps.init), train_iter) if (
+      checkpointer.latest_step() is not None) else None
+  if state is None:
+    state = steps.init()
+  start_step = int(state.step)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
+                                    enabled=jax.process_index() == 0)
+  if start_step == 0:
+    writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))})
+  wall_seconds_before = max((row['time/wall_seconds'] for row in metrics_lib.read_metrics(workdir)
+                             if 'time/wall_seconds' in row), default=0.0)
+  loop_start = time.perf_counter()
+
+  validation = Validation(config, tokenizer, mesh) if config.eval_every_steps else None
+  preemption = _PreemptionFlag()
+  pending, last_metrics, step = [], {}, start_step
+  window_start, window_steps = time.perf_counter(), 0
+
+  def flush_train_metrics():
+    """Fetches the steps' metrics (the loop's only host sync) and writes one row a step."""
+    nonlocal pending
+    fetched = jax.device_get(pending)
+    for first_step, step_metrics in zip(range(step - len(fetched) + 1, step + 1), fetched):
+      row = {k: v for k, v in step_metrics.items() if k != 'train/nonfinite_streak'}
+      row['train/learning_rate'] = schedule(first_step - 1)
+      writer.write(first_step, row, log=False)
+      last_metrics.update(row)
+    pending = []
+    return fetched
+
+  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, unit='step',
+                       dynamic_ncols=True, disable=jax.process_index() != 0)
+  try:
+    while step < config.num_train_steps and not preemption.raised:
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
+        # Labelled with the step whose batch and gradient it measures (1 = at init).
+        writer.write(step + 1, jax.device_get(steps.diagnostics(state, batch)), log=False)
+      state, step_metrics = steps.train(state, batch)
+      pending.append(step_metrics)
+      step += 1
+      window_steps += 1
+      progress.update()
+
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        fetched = flush_train_metrics()
+        elapsed = time.perf_counter() - window_start
+        tokens = sum(float(m['train/tokens']) for m in fetched)
+        speed = {'time/tokens_per_second': tokens / elapsed,
+                 'time/steps_per_second': window_steps / elapsed,
+                 'time/wall_seconds': wall_seconds_before + time.perf_counter() - loop_start}
+        writer.write(step, speed, log=False)
+        loss = float(np.mean([m['train/loss'] for m in fetched]))
+        logging.info('step %d: loss %.4f, %.0f target tokens/s', step, loss,
+                     speed['time/tokens_per_second'])
+        progress.set_postfix(loss=f'{loss:.3f}', tok_s=f"{speed['time/tokens_per_second']:.0f}")
+        streak = max(int(m['train/nonfinite_streak']) for m in fetched)
+        if streak:
+          logging.warning('Skipped %d NaN/Inf steps so far (%d in a row).',
+                          int(state.nonfinite_total), streak)
+        if streak >= config.max_nonfinite_steps:
+          checkpointer.wait_until_finished()
+          raise NonFiniteLossError(
+              f'{streak} consecutive steps had a NaN/Inf loss or gradient (limit '
+              f'max_nonfinite_steps={config.max_nonfinite_steps}); stopping. The last good '
+              f'checkpoint (step {checkpointer.latest_step()}) is intact in {workdir}.')
+        window_start, window_steps = time.perf_counter(), 0
+
+      if validation and (step % config.eval_every_steps == 0 or step == config.num_train_steps):
+        eval_metrics = evaluate_loss(steps, state, input_pipeline.make_eval_iterator(
+            config, tokenizer, 'validation', process_index=jax.process_index(),
+            process_count=jax.process_count()), mesh)
+        eval_metrics.update(validation.bleu(state))
+        eval_metrics['eval/nonfinite_total'] = float(state.nonfinite_total)
+        writer.write(step, eval_metrics)
+        last_metrics.update(eval_metrics)
+        checkpointer.save_best(step, state, eval_metrics['eval/bleu'])
+        window_start, window_steps = time.perf_counter(), 0
+
+      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+        flush_train_metrics()  # A resumed run must find every row up to its checkpoint.
+        checkpointer.save(step, state, train_iter)
+    if preemption.raised:
+      flush_train_metrics()
+      if step % config.checkpoint_every_steps:
+        checkpointer.save(step, state, train_iter)
+    if jax.process_index() == 0:
+      plots.plot_training_run(workdir, metrics_lib.read_metrics(workdir))
+  finally:
+    progress.close()
+    preemption.restore()
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+  return last_metrics
