@@ -363,7 +363,8 @@ def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
                                        nbest=3)
   ids, score = translator.search_ids(variables, translator.encode_sources([MEDIUM]), search)[0][0]
   target = ids + [tokenizer.eos_id]
-  logits = np.array(model.apply(variables, jnp.asarray(translator.encode_sources([MEDIUM])),
+  logits = np.array(model.apply(jax.device_get(variables),
+                                jnp.asarray(translator.encode_sources([MEDIUM])),
                                 jnp.asarray([target]), train=False)[0], np.float64)
   logits[:, 0] = -np.inf  # The search never chooses the pad id.
   top = logits.max(-1, keepdims=True)
