@@ -53,6 +53,80 @@ def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *, titl
   return path
 
 
+def seed_mean_std(seeds: Sequence[Sequence[dict]], key: str, smoothing: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """(steps every seed logged, mean, sample std over seeds, number of seeds) of `key`."""
+  curves = [series(rows, key) for rows in seeds]
+  curves = [(steps, smooth(values, smoothing)) for steps, values in curves if len(steps)]
+  if not curves:
+    return np.zeros(0), np.zeros(0), np.zeros(0), 0
+  common = np.asarray(sorted(set.intersection(*(set(steps.tolist()) for steps, _ in curves))))
+  if not len(common):
+    return common, np.zeros(0), np.zeros(0), len(curves)
+  stacked = np.stack([values[np.searchsorted(steps, common)] for steps, values in curves])
+  std = stacked.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(common))
+  return common, stacked.mean(0), std, len(curves)
+
+
+def plot_seed_bands(runs: Mapping[str, Sequence[Sequence[dict]]], key: str, path: str, *,
+                    title: str, ylabel: str, smoothing: int = 1) -> Optional[str]:
+  """Per run name, the mean over its seeds of metric `key` with a band of ±1 std.
+
+  Seeds are aligned on the steps they all logged; a name with one seed is a plain line.
+  """
+  fig, ax = plt.subplots(figsize=(8, 5))
+  drawn = 0
+  for name, seeds in runs.items():
+    steps, mean, std, count = seed_mean_std(seeds, key, smoothing)
+    if not len(steps):
+      continue
+    (line,) = ax.plot(steps, mean, label=f'{name} (n={count})', linewidth=1.3)
+    if count > 1:
+      ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    drawn += 1
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set(title=title, xlabel='step', ylabel=ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]], path: str,
+                        *, title: str) -> Optional[str]:
+  """Final validation loss against peak learning rate, one line per variant (log x).
+
+  `points[name]` holds (learning rate, final validation loss, diverged); a diverged run is
+  drawn as an x at the top of the axes, since it has no loss to plot.
+  """
+  if not any(points.values()):
+    return None
+  finite = [loss for pts in points.values() for _, loss, bad in pts if not bad]
+  top = max(finite) * 1.05 if finite else 1.0
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for name, pts in points.items():
+    pts = sorted(pts)
+    (line,) = ax.plot([lr for lr, _, bad in pts if not bad],
+                      [loss for _, loss, bad in pts if not bad], marker='o', label=name)
+    diverged = [lr for lr, _, bad in pts if bad]
+    if diverged:
+      ax.plot(diverged, [top] * len(diverged), linestyle='none', marker='x', markersize=10,
+              color=line.get_color())
+  ax.set_xscale('log')
+  ax.set(title=title + ' (x: diverged)', xlabel='peak learning rate',
+         ylabel='final validation loss')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plot_training_run(workdir: str, rows: Sequence[dict]) -> list[str]:
   """Loss, validation and learning-rate curves of one run into workdir/plots/."""
   out_dir = os.path.join(workdir, 'plots')
