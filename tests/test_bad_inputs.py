@@ -23,8 +23,9 @@ import pytest
 
 import conftest
 
-from transformer import metrics as metrics_lib
 import configs
+from transformer import cli
+from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer import steps
 from transformer import training
@@ -121,7 +122,7 @@ def test_unwritable_workdir_fails_before_training(bible_config, tmp_path, monkey
   blocker.write_text('not a folder')
   monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
-  with pytest.raises(OSError, match=r"Cannot write to workdir '.*a_file/run'"):
+  with pytest.raises(cli.UserError, match=r"Cannot write to workdir '.*a_file/run'"):
     training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(blocker / 'run'))
 
 
@@ -131,7 +132,7 @@ def test_read_only_workdir_fails_before_training(bible_config, tmp_path, monkeyp
   monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
   try:
-    with pytest.raises(OSError, match='Cannot write to workdir'):
+    with pytest.raises(cli.UserError, match='Cannot write to workdir'):
       training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
   finally:
     tmp_path.chmod(0o700)
