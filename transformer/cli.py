@@ -36,6 +36,8 @@ class _QuietLibraries(std_logging.Filter):
   """
 
   def filter(self, record):
+    if '/orbax/' in record.pathname and 'read only' in record.getMessage().replace('_', ' '):
+      return False  # "read_only=True, setting create=False": what a reader asked for.
     return (record.levelno >= std_logging.WARNING or
             (record.pathname.startswith(_PROJECT) and '/site-packages/' not in record.pathname))
 

@@ -117,6 +117,7 @@ def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
   is gone: starting over would rewrite metrics.jsonl, the plots and TensorBoard from step 0.
   A workdir trained past num_train_steps would have config.json claim fewer steps than it has.
   """
+  recorded = metrics_lib.last_step(workdir)  # A malformed row fails here, before any write.
   latest = checkpoints.saved_steps(workdir, 'checkpoints')
   best = checkpoints.saved_steps(workdir, 'best')
   trained = max(latest + best, default=0)
@@ -127,7 +128,6 @@ def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
         f'{trained} or more, or a new --workdir.')
   if latest:
     return
-  recorded = metrics_lib.last_step(workdir)
   try:
     every = checkpoints.load_config(workdir).checkpoint_every_steps
   except cli.UserError:  # No config.json: check_config has refused any history already.
