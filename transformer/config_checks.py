@@ -16,6 +16,7 @@ import ml_collections
 from transformer import cli
 from transformer import config_utils
 from transformer import models
+from transformer import norms
 from transformer import optim
 
 DATASETS = ('iwslt2017_fr_en', 'bible_fr_en')
@@ -50,9 +51,8 @@ def _folder_or_empty() -> tuple[Callable[[Any], bool], str]:
 _PROBABILITY = _number(0, 1, high_open=True)
 _BETA = _number(0, 1, high_open=True)
 
-# Field -> (test, what a good value is). The norm, residual, schedule and the model's shape
-# rules (head split, dtype) are checked by building the model and the schedule below, where
-# the registries are.
+# Field -> (test, what a good value is). The model's shape rules (head split) are checked by
+# building the model and the schedule below.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'scale': _one_of('full', 'small'),
     'dataset_name': _one_of(*DATASETS),
@@ -74,12 +74,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.dropout_rate': _PROBABILITY,
     'model.attention_dropout_rate': _PROBABILITY,
     'model.activation_dropout_rate': _PROBABILITY,
-    'model.norm': (lambda v: isinstance(v, str), 'a norm name'),
+    'model.norm': _one_of(*sorted(norms.NORMS)),
     'model.norm_position': _one_of('pre', 'post'),
     'model.residual': _one_of(*models.RESIDUALS),
     'model.dtype': _one_of('float32', 'bfloat16', 'float16'),
     'model.attention_impl': _one_of('xla', 'einsum'),
-    'model.batch_norm_axis_name': (lambda v: isinstance(v, str), 'a mesh axis name or empty'),
+    'model.batch_norm_axis_name': (lambda v: isinstance(v, str) and (v == '' or v.isidentifier()),
+                                   'a mesh axis name or empty'),
     'label_smoothing': _PROBABILITY,
     'r_drop_alpha': _number(0),
     'weight_decay': _number(0),

@@ -97,11 +97,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _check_workdir(workdir: str) -> None:
-  """Fails before any work if the workdir cannot hold checkpoints."""
+  """Fails before any work if the workdir cannot hold checkpoints; creates nothing."""
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # A new workdir is made only once the data is ready.
+    existing = os.path.dirname(existing)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, f'{existing} is a file')
     # A name of its own: the processes of a multi-process run probe the same folder.
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test') as f:
+    with tempfile.NamedTemporaryFile(dir=existing, prefix='.write_test') as f:
       f.write(b'\0' * 1024)
       f.flush()
   except OSError as e:
@@ -172,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                jax.devices())
 
   tokenizer = input_pipeline.prepare(config)
+  os.makedirs(workdir, exist_ok=True)
   checkpoints.save_config(workdir, config, tokenizer)
   train_iter = input_pipeline.make_train_iterator(
       config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
