@@ -10,7 +10,6 @@ when nothing is decoded).
 
 import sys
 
-from absl import app
 from absl import flags
 
 from transformer import inference
@@ -41,21 +40,13 @@ flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
-  cli.quiet_library_logs()
-  try:
-    run(argv)
-  except inference.InputError as e:  # The user's to fix: the message is enough.
-    sys.exit(f'decode.py: error: {e}')
-
-
-def run(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise cli.UserError(f'Unexpected arguments: {argv[1:]}')
   if (_ATTENTION_DIR.value is None) != (_ATTENTION_SENTENCE.value is None):
-    raise app.UsageError('--attention_dir and --attention_sentence go together.')
+    raise cli.UserError('--attention_dir and --attention_sentence go together.')
   translating = _SPLIT.value is not None or _INPUT.value is not None
   if not (translating or _ATTENTION_DIR.value or _CACHE_REPORT.value):
-    raise app.UsageError('Give --split or --input (or --attention_dir, --cache_report).')
+    raise cli.UserError('Give --split or --input (or --attention_dir, --cache_report).')
   if _ATTENTION_DIR.value:
     inference.write_attention_maps(
         _WORKDIR.value, _ATTENTION_SENTENCE.value, _ATTENTION_DIR.value,
@@ -83,4 +74,4 @@ def run(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -6,7 +6,6 @@
 same command after an interruption: finished runs are skipped, an unfinished one resumes.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -30,8 +29,7 @@ flags.mark_flag_as_required('experiment_dir')
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.quiet_library_logs()
+    raise cli.UserError(f'Unexpected arguments: {argv[1:]}')
   path = study.run_study(_SCALE.value, _EXPERIMENT_DIR.value, seeds=_SEEDS.value,
                          variants=_VARIANTS.value, ablations=not _NO_ABLATIONS.value,
                          overrides=config_flags.get_override_values(flags.FLAGS['config']))
@@ -39,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

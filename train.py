@@ -6,9 +6,6 @@ as several processes (one per host), set --coordinator_address, --num_processes 
 --process_id on every process (see README, "Several processes or hosts").
 """
 
-import re
-
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -27,23 +24,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in a multi
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with ml_collections' bare AttributeError for an unknown field made clear."""
-  try:
-    return flags.FLAGS(argv)
-  except AttributeError as e:
-    name = re.search(r'\w+', str(e)).group(0)  # str(e) is a repr of a repr of a KeyError.
-    hint = re.search(r'Did you mean \W*(\w+)', str(e))
-    culprits = [arg for arg in argv if arg.startswith('--config.') and name in arg] or argv[1:]
-    raise SystemExit(f'FATAL Flags parsing error: {" ".join(culprits)}: the config has no field '
-                     f'{name!r}' + (f' (did you mean {hint.group(1)!r}?)' if hint else '') +
-                     '. Every field is in configs/base.py.') from None
-
-
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cli.quiet_library_logs()
+    raise cli.UserError(f'Unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -53,4 +36,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

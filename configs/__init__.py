@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from transformer import cli
 from transformer import config_utils
 
 _MISSING = object()
@@ -25,7 +26,7 @@ def variant_names() -> list[str]:
 def get_variant(name: str, scale: str) -> ml_collections.ConfigDict:
   """The config of `configs/<name>.py` at `scale`; an unknown name is a ValueError naming them."""
   if name not in variant_names():
-    raise ValueError(f'Unknown variant {name!r}; configs/ has: {", ".join(variant_names())}.')
+    raise cli.UserError(f'Unknown variant {name!r}; configs/ has: {", ".join(variant_names())}.')
   return importlib.import_module(f'configs.{name}').get_config(scale)
 
 

@@ -10,6 +10,7 @@ entries, empty, non-UTF-8 or over-long input (test_decode.py).
 import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,11 +24,16 @@ import pytest
 
 import conftest
 
-from transformer import metrics as metrics_lib
 import configs
+from transformer import cli
+from transformer import config_checks
+from transformer import config_utils
+from transformer import inference
+from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer import steps
 from transformer import training
+from transformer.datasets import iwslt2017_fr_en
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -106,7 +112,8 @@ def test_unknown_config_field_is_named_before_anything_runs(tmp_path):
 def test_unknown_norm_fails_before_the_workdir_is_claimed(bible_config, tmp_path):
   """A typo must not leave a config.json that would refuse the corrected rerun."""
   config = tiny(bible_config.data_dir, **{'model.norm': 'group_norm'})
-  with pytest.raises(ValueError, match=r"Unknown norm 'group_norm'; expected one of .*layer_norm"):
+  with pytest.raises(cli.UserError, match=r"config\.model\.norm must be one of .*'layer_norm'.*, "
+                     "got 'group_norm'"):
     training.train_and_evaluate(config, os.fspath(tmp_path))
   assert not (tmp_path / 'config.json').exists()
 
@@ -121,7 +128,7 @@ def test_unwritable_workdir_fails_before_training(bible_config, tmp_path, monkey
   blocker.write_text('not a folder')
   monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
-  with pytest.raises(OSError, match=r"Cannot write to workdir '.*a_file/run'"):
+  with pytest.raises(cli.UserError, match=r"Cannot write to workdir '.*a_file/run'"):
     training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(blocker / 'run'))
 
 
@@ -131,7 +138,7 @@ def test_read_only_workdir_fails_before_training(bible_config, tmp_path, monkeyp
   monkeypatch.setattr(training.input_pipeline, 'prepare', lambda config: pytest.fail(
       'reached the data pipeline'))
   try:
-    with pytest.raises(OSError, match='Cannot write to workdir'):
+    with pytest.raises(cli.UserError, match='Cannot write to workdir'):
       training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
   finally:
     tmp_path.chmod(0o700)
@@ -236,3 +243,224 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   assert max(row['step'] for row in metric_rows(workdir)) == step  # ... with its rows written.
   training.train_and_evaluate(training.checkpoints.load_config(workdir), workdir)
   assert_same_run(unbroken, workdir)
+
+
+# --- The bad-input tour (issue 17): each refused before any write, the workdir unchanged. ---
+
+
+def tree(workdir):
+  """Every path under `workdir` (folders too) and each file's bytes."""
+  if not os.path.exists(workdir):
+    return None
+  return {os.path.relpath(p, workdir): snapshot(workdir).get(os.path.relpath(p, workdir))
+          for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+
+
+def assert_refused(call, match, workdir):
+  before = tree(workdir)
+  with pytest.raises(cli.UserError, match=match):
+    call()
+  assert tree(workdir) == before
+
+
+def _bad_value(field, value):
+  """A value of the field's type that its rule rejects."""
+  ok, _ = config_checks.RULES[field]
+  for candidate in (-1, 2**32, 'nope', '/dev/null', -1.0, 1.0, float('nan')):
+    if type(candidate) is type(value) and not ok(candidate):
+      return candidate
+  raise AssertionError(f'no bad value found for {field}')
+
+
+def test_every_field_of_every_variant_has_a_rule():
+  for name in configs.variant_names():
+    for scale in ('full', 'small'):
+      fields = config_utils.flatten(configs.get_variant(name, scale).to_dict())
+      assert sorted(set(fields) - set(config_checks.RULES)) == [], name
+
+
+@pytest.mark.parametrize('field', sorted(config_checks.RULES))
+def test_a_bad_value_of_each_field_is_named(bible_config, field):
+  config = tiny(bible_config.data_dir)
+  value = config_utils.flatten(config_utils.to_dict(config))[field]
+  bad = _bad_value(field, value)
+  config_utils.apply_overrides(config, {field: bad})
+  # model.vocab_size is a reference to vocab_size: setting one sets both.
+  name = 'vocab_size' if field.endswith('vocab_size') else field
+  with pytest.raises(cli.UserError, match=rf'config\.{re.escape(name)} must be .*, got '
+                     rf'{re.escape(repr(bad))}'):
+    config_checks.validate(config)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'lr_schedule': 'step'}, r"config\.lr_schedule must be one of 'rsqrt', 'cosine', 'linear'"),
+    ({'max_length': 300}, r'config\.max_length=300 .* exceeds config\.model\.max_len=256'),
+    ({'model.num_heads': 3}, r'qkv_dim must divide by num_heads'),
+    ({'decode_length_ratio': 0.0, 'decode_length_offset': 0}, r'no output token'),
+])
+def test_config_combinations_that_cannot_work(bible_config, overrides, match):
+  config = tiny(bible_config.data_dir, **overrides)
+  with pytest.raises(cli.UserError, match=match):
+    config_checks.validate(config)
+
+
+@pytest.fixture
+def trained(unbroken, tmp_path):
+  """A copy of the unbroken run (steps 2..8 checkpointed, metrics to step 8)."""
+  workdir = os.fspath(tmp_path / 'run')
+  shutil.copytree(unbroken, workdir)
+  return workdir
+
+
+def test_no_checkpoint_kept_is_refused_on_a_resume(trained):
+  config = training.checkpoints.load_config(trained)
+  config.max_checkpoints_to_keep = 0
+  assert_refused(lambda: training.train_and_evaluate(config, trained),
+                 r'config\.max_checkpoints_to_keep must be an integer >= 1, got 0', trained)
+
+
+def test_deleted_checkpoints_do_not_restart_and_rewrite_history(trained):
+  shutil.rmtree(os.path.join(trained, 'checkpoints'))
+  assert_refused(lambda: training.train_and_evaluate(
+      training.checkpoints.load_config(trained), trained),
+      r'records training up to step 8 but its checkpoints/ holds none', trained)
+
+
+def test_fewer_steps_than_trained_is_refused(trained):
+  config = training.checkpoints.load_config(trained)
+  config.num_train_steps = 4
+  assert_refused(lambda: training.train_and_evaluate(config, trained),
+                 r'trained to step 8, past num_train_steps=4.*num_train_steps=8 or more', trained)
+
+
+@pytest.mark.parametrize('variant', ['baseline', 'pre_ln'])
+def test_checkpoints_without_config_json_are_claimed_by_no_config(trained, variant):
+  config = training.checkpoints.load_config(trained)
+  if variant != 'baseline':
+    config.model.norm_position = 'pre'
+  os.remove(os.path.join(trained, 'config.json'))
+  assert_refused(lambda: training.train_and_evaluate(config, trained),
+                 r'holds checkpoints and metrics\.jsonl but no config\.json', trained)
+
+
+def test_malformed_metrics_row_is_named_before_any_write(trained):
+  path = os.path.join(trained, metrics_lib.METRICS_FILE)
+  with open(path) as f:
+    lines = f.readlines()
+  lines[2] = '{"step": 1, oops\n'
+  with open(path, 'w') as f:
+    f.writelines(lines)
+  assert_refused(lambda: training.train_and_evaluate(
+      training.checkpoints.load_config(trained), trained),
+      r'metrics\.jsonl:3 is not a JSON row', trained)
+
+
+def test_vocabulary_larger_than_the_corpus_says_the_limit(bible_config, tmp_path):
+  workdir = os.fspath(tmp_path / 'run')
+  config = tiny(bible_config.data_dir, vocab_size=200_000)
+  assert_refused(lambda: training.train_and_evaluate(config, workdir),
+                 r'config\.vocab_size=200000 is more pieces than the training text holds; '
+                 r'give --config\.vocab_size=\d+ or less', workdir)
+  assert not glob.glob(os.path.join(bible_config.data_dir, '**', 'spm_200000*'), recursive=True)
+
+
+def test_iwslt_without_archive_offline_is_refused_before_any_work(bible_config, tmp_path,
+                                                                  monkeypatch):
+  monkeypatch.setattr(iwslt2017_fr_en, 'DOWNLOAD_URL', 'https://127.0.0.1/fr-en.zip')
+  config = tiny(os.fspath(tmp_path / 'tfds'), dataset_name='iwslt2017_fr_en',
+                manual_dir=os.fspath(tmp_path / 'manual'))
+  workdir = os.fspath(tmp_path / 'run')
+  assert_refused(lambda: training.train_and_evaluate(config, workdir),
+                 r"archive is not in '.*manual' and 127\.0\.0\.1 cannot be reached", workdir)
+  assert not (tmp_path / 'manual').exists()
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(split='train2'), r"bible_fr_en has no split 'train2'"),
+    (dict(split='test', checkpoint='9'), r'--checkpoint=9: .* has no step 9'),
+    (dict(split='test', checkpoint='last'), r"--checkpoint=last: give 'best', 'latest'"),
+    (dict(input_path='missing.fr'), r'--input=missing\.fr: no such file'),
+    (dict(split='test', reference_paths=['missing.en']), r'--reference=missing\.en: no such'),
+    (dict(split='test', output_path='no/such/folder/out.en'), r'the folder .* does not exist'),
+    (dict(split='test', beam_size=0), r'--beam_size=0 must be >= 1'),
+    (dict(split='test', nbest=9), r'nbest=9 must be in \[0, beam_size=4\]'),
+    (dict(split='test', max_decode_len=0), r'--max_decode_len=0 must be >= 1'),
+    (dict(split='test', length_penalty=-1.0), r'--length_penalty=-1\.0 must be >= 0'),
+])
+def test_decode_mistakes_are_named_and_write_nothing(trained, kwargs, match, monkeypatch):
+  monkeypatch.chdir(trained)
+  assert_refused(lambda: inference.decode(trained, **kwargs), match, trained)
+
+
+@pytest.mark.parametrize('target', ['input', 'reference'])
+def test_decode_output_onto_an_input_is_refused(trained, tmp_path, target):
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement.\n')
+  reference = tmp_path / 'reference.en'
+  reference.write_text('In the beginning.\n')
+  output = os.fspath(source if target == 'input' else reference)
+  before = tree(os.fspath(tmp_path))
+  with pytest.raises(cli.UserError, match=rf'--output=.* is the --{target} file'):
+    inference.decode(trained, input_path=os.fspath(source), output_path=output,
+                     reference_paths=[os.fspath(reference)])
+  assert tree(os.fspath(tmp_path)) == before
+
+
+def test_decode_of_a_folder_that_is_no_workdir(tmp_path):
+  with pytest.raises(cli.UserError, match='is not a training workdir'):
+    inference.decode(os.fspath(tmp_path), split='test')
+
+
+def test_ctrl_c_saves_like_sigterm_and_says_how_to_resume(unbroken, tmp_path, monkeypatch,
+                                                         caplog):
+  workdir = os.fspath(tmp_path / 'run')
+  real_shard_batch, batches = sharding.shard_batch, []
+
+  def shard_batch(batch, mesh):
+    batches.append(batch)
+    if len(batches) == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+    return real_shard_batch(batch, mesh)
+
+  monkeypatch.setattr(sharding, 'shard_batch', shard_batch)
+  config = training.checkpoints.load_config(unbroken)
+  config.checkpoint_every_steps = STEPS
+  with caplog.at_level(logging.WARNING):
+    training.train_and_evaluate(config, workdir)
+  step, _ = restore(workdir)
+  assert 0 < step < STEPS
+  assert f'Saved step {step} of {STEPS} in {workdir}; run the same command again' in caplog.text
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored.
+  monkeypatch.setattr(sharding, 'shard_batch', real_shard_batch)
+  training.train_and_evaluate(config, workdir)
+  assert_same_run(unbroken, workdir)
+
+
+def run_script(*args, stdin=None):
+  return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180,
+                        check=False, input=stdin, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_cli_bad_flag_value_is_one_line_without_traceback(tmp_path):
+  result = run_script('train.py', '--config=configs/baseline.py:small',
+                      f'--workdir={tmp_path / "run"}', '--config.batch_size=abc')
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      "train.py: error: Flags parsing error: flag --config.batch_size=abc: invalid literal for "
+      "int() with base 10: 'abc'", 'Pass --helpshort or --helpfull to see help on flags.']
+  assert not (tmp_path / 'run').exists()
+
+
+def test_cli_decode_refuses_to_overwrite_its_input_and_verbose_shows_the_traceback(trained,
+                                                                                    tmp_path):
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement.\n')
+  args = ['decode.py', f'--workdir={trained}', f'--input={source}', f'--output={source}']
+  result = run_script(*args)
+  assert result.returncode == 1
+  assert 'is the --input file: writing would destroy it' in result.stderr
+  assert 'Traceback' not in result.stderr and len(result.stderr.splitlines()) <= 2
+  assert source.read_text() == 'Au commencement.\n'
+  verbose = run_script(*args, '--verbose')
+  assert verbose.returncode == 1 and 'Traceback (most recent call last)' in verbose.stderr

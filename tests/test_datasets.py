@@ -8,6 +8,7 @@ import pytest
 
 import conftest
 from configs import base
+from transformer import cli
 from transformer import datasets
 from transformer.datasets import bible_fr_en
 from transformer.datasets import iwslt2017_fr_en
@@ -105,7 +106,7 @@ def test_iwslt_xml_aligned_by_docid_and_seg_id():
 def test_iwslt_missing_archive_says_what_to_put_where(tmp_path, monkeypatch):
   monkeypatch.setattr(iwslt2017_fr_en, 'DOWNLOAD_URL', 'http://127.0.0.1:9/fr-en.zip')
   config = _iwslt_config(tmp_path, None)
-  with pytest.raises(FileNotFoundError) as error:
+  with pytest.raises(cli.UserError) as error:
     datasets.build(config)
   message = str(error.value)
   assert 'fr-en.tgz' in message and 'fr-en.zip' in message

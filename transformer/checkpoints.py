@@ -7,10 +7,14 @@ batches as an unbroken one. The config a workdir was started with is kept beside
 the fields, instead of an orbax shape error or, worse, a silent mismatch.
 """
 
+import contextlib
+import gc
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any, Optional
 
@@ -21,6 +25,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from transformer import cli
 from transformer import config_utils
 
 CONFIG_FILE = 'config.json'
@@ -57,8 +62,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (what decode.py translates with)."""
   recorded = _read_config_file(workdir)
   if recorded is None:
-    raise FileNotFoundError(f'{os.path.join(workdir, CONFIG_FILE)} not found: {workdir!r} is '
-                            'not a training workdir.')
+    raise cli.UserError(f'{os.path.join(workdir, CONFIG_FILE)} not found: {workdir!r} is not '
+                        'a training workdir (give the --workdir train.py was given).')
   recorded.pop(VOCABULARY_KEY, None)
   return ml_collections.ConfigDict(recorded)
 
@@ -73,18 +78,43 @@ def vocabulary_path(workdir: str) -> Optional[str]:
     return None
   path = os.path.join(workdir, recorded['file'])
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing: the vocabulary this run was trained with. '
+    raise cli.UserError(f'{path} is missing: the vocabulary this run was trained with. '
                             'Copy it back from the run\'s original workdir.')
   if (found := _sha256(path)) != recorded['sha256']:
-    raise ValueError(f'{path} has SHA-256 {found[:12]}..., config.json records '
+    raise cli.UserError(f'{path} has SHA-256 {found[:12]}..., config.json records '
                      f"{recorded['sha256'][:12]}...: not the vocabulary this run was trained with.")
   return path
 
 
+def saved_steps(workdir: str, which: str = 'checkpoints') -> list[int]:
+  """Steps saved in `workdir/which` ('checkpoints' or 'best'), read without writing anything."""
+  directory = os.path.join(os.path.abspath(workdir), which)
+  if not os.path.isdir(directory):
+    return []
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True)) as manager:
+    return sorted(manager.all_steps())
+
+
 def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Fails if `workdir` holds a run of another experiment (fields outside RESUMABLE_FIELDS)."""
-  old = _read_config_file(workdir)
+  """Fails if `workdir` holds a run of another experiment (fields outside RESUMABLE_FIELDS).
+
+  A workdir with checkpoints or metrics but no config.json (deleted, or copied without it)
+  is refused too: nothing says which experiment they belong to.
+  """
+  try:
+    old = _read_config_file(workdir)
+  except (OSError, json.JSONDecodeError) as e:
+    raise cli.UserError(f'{os.path.join(workdir, CONFIG_FILE)} cannot be read ({e}); put back '
+                        'the one this run was started with, or use a new --workdir.') from None
   if old is None:
+    found = [name for name in ('checkpoints', 'best', 'metrics.jsonl')
+             if os.path.exists(os.path.join(workdir, name)) and (
+                 name == 'metrics.jsonl' or saved_steps(workdir, name))]
+    if found:
+      raise cli.UserError(
+          f'{workdir!r} holds {" and ".join(found)} but no {CONFIG_FILE}: nothing says which '
+          f'experiment they are. Put its {CONFIG_FILE} back, or use a new --workdir.')
     return
   old.pop(VOCABULARY_KEY, None)
   old_flat, new_flat = config_utils.flatten(old), config_utils.flatten(config_utils.to_dict(config))
@@ -93,7 +123,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
       for key in sorted(set(old_flat) | set(new_flat))
       if key not in RESUMABLE_FIELDS and old_flat.get(key) != new_flat.get(key)]
   if differences:
-    raise ValueError(
+    raise cli.UserError(
         f'{workdir!r} holds a run of another experiment; resuming it with this config would '
         'mix two experiments. Use a new --workdir, or the old config. Differences:\n  '
         + '\n  '.join(differences))
@@ -108,7 +138,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict, tokenizer) -> N
   old_record = (_read_config_file(workdir) or {}).get(VOCABULARY_KEY)
   sha = _sha256(tokenizer.model_path)
   if old_record is not None and old_record['sha256'] != sha:
-    raise ValueError(f'{workdir!r} was trained with another vocabulary than '
+    raise cli.UserError(f'{workdir!r} was trained with another vocabulary than '
                      f'{tokenizer.model_path} (SHA-256 {old_record["sha256"][:12]}... vs '
                      f'{sha[:12]}...). Use a new --workdir.')
   if jax.process_index() != 0:
@@ -130,6 +160,32 @@ def _gist(error: Exception) -> str:
   text = ' '.join(str(error).split()).split(' [tensorstore_spec')[0]
   text = f'{type(error).__name__}: {text}'
   return text if len(text) <= 400 else f'{text[:150]} ... {text[-250:]}'
+
+
+@contextlib.contextmanager
+def _abandoned_reads_dropped():
+  """Silences the coroutines a failed orbax restore leaves behind, counting them in one line.
+
+  Each of the failed checkpoint's pending tensorstore reads is collected unawaited and Python
+  prints "Exception ignored in: <coroutine ...>" for it: thousands of lines for one checkpoint.
+  """
+  dropped, previous = 0, sys.unraisablehook
+
+  def hook(unraisable):
+    nonlocal dropped
+    if inspect.iscoroutine(unraisable.object):
+      dropped += 1
+    else:
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+    if dropped:
+      logging.info('Dropped %d abandoned reads of the failed restore.', dropped)
 
 
 class Checkpointer:
@@ -175,9 +231,10 @@ class Checkpointer:
     failures = []
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
-        restored = self._latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        with _abandoned_reads_dropped():
+          restored = self._latest.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state),
+              data=grain.checkpoint.CheckpointRestore(data_iterator)))
       except Exception as e:  # pylint: disable=broad-exception-caught
         failures.append((step, _gist(e)))
         logging.warning('The checkpoint of step %d cannot be restored (%s); trying the one '
@@ -215,27 +272,42 @@ class Checkpointer:
 
 
 def restore_params(workdir: str, which: str, abstract_state: Any) -> tuple[Any, int]:
-  """Restores a state for inference: `which` is 'best', 'latest' or a step number."""
+  """Restores a state for inference: `which` is 'best', 'latest' or a step number.
+
+  As in training, a checkpoint that cannot be read is skipped with a one-line warning:
+  'best' falls back to the latest checkpoints, 'latest' to the ones before it. Nothing is
+  moved (decoding writes nothing into the workdir). A step number is that step or an error.
+  """
   workdir = os.path.abspath(workdir)
-  best_dir = os.path.join(workdir, 'best')
-  if which == 'best' and not (os.path.isdir(best_dir) and os.listdir(best_dir)):
-    # A run trained with eval_every_steps=0 never scored one: its last state is its best.
-    logging.warning('%s has no best checkpoint (no evaluation ran); using the latest.', workdir)
-    which = 'latest'
-  if which == 'best':
-    directory, step = best_dir, None
+  best, latest = saved_steps(workdir, 'best'), saved_steps(workdir, 'checkpoints')
+  if which not in ('best', 'latest'):
+    if not which.isdigit():
+      raise cli.UserError(f"--checkpoint={which}: give 'best', 'latest' or a step number.")
+    if int(which) not in latest:
+      raise cli.UserError(f'--checkpoint={which}: {workdir}/checkpoints has no step {which} '
+                          f'(it has {latest or "none"}).')
+    candidates = [('checkpoints', int(which))]
   else:
-    directory = os.path.join(workdir, 'checkpoints')
-    step = None if which == 'latest' else int(which)
-  manager = ocp.CheckpointManager(directory, item_names=('state',),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  if step is None:
-    step = manager.latest_step() if which == 'latest' else (
-        manager.best_step() if manager.best_step() is not None else manager.latest_step())
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(
-        f'No checkpoint {which!r} in {directory} (steps there: {manager.all_steps()}).')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  manager.close()
-  return restored.state, step
+    if which == 'best' and not best:
+      # A run trained with eval_every_steps=0 never scored one: its last state is its best.
+      logging.warning('%s has no best checkpoint (no evaluation ran); using the latest.', workdir)
+    candidates = ([('best', step) for step in best[-1:]] if which == 'best' else []) + [
+        ('checkpoints', step) for step in reversed(latest)]
+  if not candidates:
+    raise cli.UserError(f'{workdir} has no checkpoint yet (neither best/ nor checkpoints/ '
+                        'holds one): train it first.')
+  failures = []
+  for folder, step in candidates:
+    try:
+      with _abandoned_reads_dropped(), ocp.CheckpointManager(
+          os.path.join(workdir, folder), item_names=('state',),
+          options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      failures.append(f'{folder}/{step}: {_gist(e)}')
+      logging.warning('The checkpoint %s/%d cannot be restored (%s); trying the one before.',
+                      folder, step, _gist(e))
+      continue
+    return restored.state, step
+  raise RuntimeError(f'No checkpoint of {workdir} can be restored:\n  ' + '\n  '.join(failures))

@@ -7,6 +7,7 @@ its checkpoints; neither the dataset nor a network is needed unless a split is a
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import IO, Iterator, Optional, Sequence
@@ -15,6 +16,7 @@ from absl import logging
 
 from transformer import attention_maps
 from transformer import checkpoints
+from transformer import cli
 from transformer import input_pipeline
 from transformer import models
 from transformer import steps
@@ -22,8 +24,30 @@ from transformer import tokenizer as tokenizer_lib
 from transformer import translator as translator_lib
 
 
-class InputError(ValueError):
-  """A problem with what the user gave (a file, a flag), reported without a traceback."""
+InputError = cli.UserError  # What the user gave (a file, a flag): reported without traceback.
+
+
+def check_paths(input_path: Optional[str], output_path: Optional[str],
+                reference_paths: Sequence[str]) -> None:
+  """Refuses, before anything is loaded, an output that would destroy an input or fail late."""
+  for path, flag in [(input_path, '--input')] + [(p, '--reference') for p in reference_paths]:
+    if path not in (None, '-') and not os.path.isfile(path):
+      raise InputError(f'{flag}={path}: no such file.')
+  if not output_path:
+    return
+  for path, flag in [(input_path, '--input')] + [(p, '--reference') for p in reference_paths]:
+    if path not in (None, '-') and os.path.exists(output_path) and os.path.samefile(
+        path, output_path):
+      raise InputError(f'--output={output_path} is the {flag} file: writing would destroy it. '
+                       'Give another --output.')
+  folder = os.path.dirname(os.path.abspath(output_path))
+  if os.path.isdir(output_path):
+    raise InputError(f'--output={output_path} is a folder; give a file name.')
+  if not os.path.isdir(folder):
+    raise InputError(f'--output={output_path}: the folder {folder} does not exist.')
+  if not os.access(folder, os.W_OK) or (os.path.exists(output_path) and
+                                        not os.access(output_path, os.W_OK)):
+    raise InputError(f'--output={output_path}: not writable.')
 
 
 def read_lines(path: str) -> list[str]:
@@ -167,6 +191,14 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   """
   if (split is None) == (input_path is None):
     raise InputError('Give exactly one of --split and --input.')
+  if nbest < 0:
+    raise InputError(f'--nbest={nbest} must be >= 0.')
+  for flag, value, low in (('--batch_size', batch_size, 1), ('--beam_size', beam_size, 1),
+                           ('--max_decode_len', max_decode_len, 1),
+                           ('--length_penalty', length_penalty, 0)):
+    if value is not None and value < low:
+      raise InputError(f'{flag}={value} must be >= {low}.')
+  check_paths(input_path, output_path, reference_paths)
   config, tokenizer, model, variables, step = load_trained(workdir, checkpoint)
   references = [read_lines(path) for path in reference_paths]
   streaming = input_path == '-'

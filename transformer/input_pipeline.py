@@ -78,7 +78,7 @@ def tokenize_pairs(
 
 def _check_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
   if config.batch_size % process_count:
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+    raise cli.UserError(f'batch_size {config.batch_size} is not divisible by the '
                      f'{process_count} processes.')
   return config.batch_size // process_count
 
@@ -127,7 +127,7 @@ def make_train_iterator(config: ml_collections.ConfigDict,
                config.dataset_name, len(kept), len(examples) - len(kept),
                lengths['inputs'], lengths['targets'])
   if not kept:
-    raise ValueError(f'No training pair of {config.dataset_name} fits in max_length '
+    raise cli.UserError(f'No training pair of {config.dataset_name} fits in max_length '
                      f'{config.max_length} and max_target_length {config.max_target_length}.')
   dataset = grain.MapDataset.source(kept)[process_index::process_count]
   # shuffle-then-repeat draws a new permutation for every epoch.

@@ -12,6 +12,8 @@ from typing import Mapping
 from absl import logging
 import tensorboardX
 
+from transformer import cli
+
 METRICS_FILE = 'metrics.jsonl'
 WALL_CLOCK_PREFIX = 'time/'
 
@@ -29,9 +31,15 @@ def read_metrics(workdir: str) -> list[dict]:
       rows.append(json.loads(line))
     except json.JSONDecodeError:
       if number < len(lines):
-        raise ValueError(f'{path}:{number} is not a JSON row: {line[:80]!r}') from None
+        raise cli.UserError(f'{path}:{number} is not a JSON row: {line[:80]!r}. Fix or delete '
+                            'that line (the rows after it are kept).') from None
       logging.warning('Dropping the half-written last row of %s (killed mid-write).', path)
   return rows
+
+
+def last_step(workdir: str) -> int:
+  """The largest step metrics.jsonl records (0 if none)."""
+  return max((row['step'] for row in read_metrics(workdir)), default=0)
 
 
 class MetricWriter:
@@ -42,11 +50,14 @@ class MetricWriter:
     if not enabled:
       return
     self._path = os.path.join(workdir, METRICS_FILE)
-    # A fresh start (resume_step 0) writes its own step-0 rows: keep none of an earlier try's.
-    kept = [row for row in read_metrics(workdir) if row['step'] <= resume_step] if (
-        resume_step) else []
-    # Forget what a killed run wrote after its checkpoint; by rename, so that a kill while
-    # rewriting cannot lose the rows before it.
+    rows = read_metrics(workdir)
+    kept = [row for row in rows if row['step'] <= resume_step]
+    if len(kept) < len(rows):
+      logging.info('Dropping %d rows of %s past the resumed step %d.', len(rows) - len(kept),
+                   self._path, resume_step)
+    # Forget what a killed run wrote after its checkpoint (the resumed run writes those steps
+    # again) and any half-written last row; by rename, so that a kill while rewriting cannot
+    # lose the rows before. Rows at or before the resumed step are always kept.
     with open(self._path + '.tmp', 'w') as f:
       f.writelines(json.dumps(row) + '\n' for row in kept)
     os.replace(self._path + '.tmp', self._path)

@@ -9,6 +9,7 @@ no bos (the decoder starts from pad, as in the Flax wmt example).
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from typing import Iterable, Sequence
@@ -17,6 +18,7 @@ from absl import logging
 import ml_collections
 import sentencepiece as spm
 
+from transformer import cli
 from transformer import datasets
 
 PAD_ID = 0
@@ -78,17 +80,26 @@ def _train(sentences: Iterable[str], vocab_size: int, model_path: str) -> None:
   folder = os.path.dirname(model_path)
   with tempfile.TemporaryDirectory(dir=folder) as tmp:
     prefix = os.path.join(tmp, 'spm')
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=prefix,
-        vocab_size=vocab_size,
-        model_type='unigram',
-        character_coverage=1.0,
-        input_sentence_size=0,  # All sentences: no random sample, so no run-to-run change.
-        shuffle_input_sentence=False,
-        pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-        minloglevel=2,
-    )
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(sentences),
+          model_prefix=prefix,
+          vocab_size=vocab_size,
+          model_type='unigram',
+          character_coverage=1.0,
+          input_sentence_size=0,  # All sentences: no random sample, so no run-to-run change.
+          shuffle_input_sentence=False,
+          pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+          minloglevel=2,
+      )
+    except RuntimeError as e:
+      limit = re.search(r'Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)',
+                        str(e))
+      if not limit:
+        raise
+      raise cli.UserError(f'config.vocab_size={vocab_size} is more pieces than the training '
+                          f'text holds; give --config.vocab_size={limit.group(1)} or less.'
+                          ) from None
     os.replace(prefix + '.model', model_path)
 
 
@@ -111,12 +122,12 @@ def load_or_train(config: ml_collections.ConfigDict) -> Tokenizer:
   }
   if os.path.exists(model_path):
     if not os.path.exists(meta_path):
-      raise ValueError(f'{model_path} has no {os.path.basename(meta_path)} saying what it was '
+      raise cli.UserError(f'{model_path} has no {os.path.basename(meta_path)} saying what it was '
                        f'made from; delete it to retrain.')
     with open(meta_path) as f:
       recorded = json.load(f)
     if recorded != expected:
-      raise ValueError(f'{model_path} was made for {recorded}, not {expected}; delete it (and '
+      raise cli.UserError(f'{model_path} was made for {recorded}, not {expected}; delete it (and '
                        f'its .json) to retrain, or fix the config.')
   else:
     logging.info('Training a %d-piece sentencepiece model on %d %s training pairs.',
@@ -135,6 +146,6 @@ def load_or_train(config: ml_collections.ConfigDict) -> Tokenizer:
     logging.info('Trained %s in %.1f s.', model_path, time.time() - start)
   tokenizer = Tokenizer.load(model_path)
   if tokenizer.vocab_size != config.vocab_size:
-    raise ValueError(f'{model_path} has {tokenizer.vocab_size} pieces, config.vocab_size is '
+    raise cli.UserError(f'{model_path} has {tokenizer.vocab_size} pieces, config.vocab_size is '
                      f'{config.vocab_size}.')
   return tokenizer

@@ -3,7 +3,7 @@
 `train_and_evaluate` checks the workdir, prepares the data and vocabulary, restores or
 initializes the state, then runs the jitted step over the data-parallel mesh, fetching
 metrics every `log_every_steps`, evaluating every `eval_every_steps` and checkpointing every
-`checkpoint_every_steps`. SIGTERM saves and exits; a killed run resumes exactly.
+`checkpoint_every_steps`. SIGTERM or Ctrl-C saves and exits; a killed run resumes exactly.
 """
 
 import math
@@ -21,7 +21,9 @@ import numpy as np
 import tqdm
 
 from transformer import checkpoints
+from transformer import cli
 from transformer import config_checks
+from transformer import datasets
 from transformer import input_pipeline
 from transformer import metrics as metrics_lib
 from transformer import models
@@ -65,19 +67,29 @@ def evaluate_loss(steps: steps_lib.CompiledSteps, state: steps_lib.TrainState,
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM; the loop checks it between steps, saves and exits cleanly."""
+  """Set by SIGTERM or Ctrl-C (SIGINT); the loop checks it between steps, saves and exits.
+
+  A second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps since the last
+  checkpoint but nothing before it.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.raised = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+    del frame
+    name = signal.Signals(signum).name
+    logging.warning('%s received: saving a checkpoint and exiting%s.', name,
+                    ' (Ctrl-C again to stop without saving)' if signum == signal.SIGINT else '')
     self.raised = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,15 +97,60 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _check_workdir(workdir: str) -> None:
-  """Fails before any work if the workdir cannot hold checkpoints."""
+  """Fails before any work if the workdir cannot hold checkpoints; creates nothing."""
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # A new workdir is made only once the data is ready.
+    existing = os.path.dirname(existing)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, f'{existing} is a file')
     # A name of its own: the processes of a multi-process run probe the same folder.
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test') as f:
+    with tempfile.NamedTemporaryFile(dir=existing, prefix='.write_test') as f:
       f.write(b'\0' * 1024)
       f.flush()
   except OSError as e:
-    raise OSError(f'Cannot write to workdir {workdir!r}: {e}') from e
+    raise cli.UserError(f'Cannot write to workdir {workdir!r}: {e.strerror}. Give a folder '
+                        'you can write to as --workdir.') from None
+
+
+def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses a start that would rewrite what the workdir records (README, "Reliability").
+
+  Rows past every checkpoint are normal (a run killed between saves drops and retrains them),
+  but rows or a best checkpoint beyond two checkpoint intervals mean a checkpoint was saved and
+  is gone: starting over would rewrite metrics.jsonl, the plots and TensorBoard from step 0.
+  A workdir trained past num_train_steps would have config.json claim fewer steps than it has.
+  """
+  recorded = metrics_lib.last_step(workdir)  # A malformed row fails here, before any write.
+  latest = checkpoints.saved_steps(workdir, 'checkpoints')
+  best = checkpoints.saved_steps(workdir, 'best')
+  trained = max(latest + best, default=0)
+  if trained > config.num_train_steps:
+    raise cli.UserError(
+        f'{workdir!r} is trained to step {trained}, past num_train_steps='
+        f'{config.num_train_steps}: a run is not shortened. Give --config.num_train_steps='
+        f'{trained} or more, or a new --workdir.')
+  if latest:
+    return
+  try:
+    every = checkpoints.load_config(workdir).checkpoint_every_steps
+  except cli.UserError:  # No config.json: check_config has refused any history already.
+    every = config.checkpoint_every_steps
+  if max(recorded, trained) > 2 * min(every, config.checkpoint_every_steps):
+    raise cli.UserError(
+        f'{workdir!r} records training up to step {max(recorded, trained)} but its '
+        'checkpoints/ holds none to resume from: starting over would rewrite that history. '
+        'Put the checkpoints back, or use a new --workdir.')
+
+
+def _announce_scale(config: ml_collections.ConfigDict) -> None:
+  """One line on what the full scale is about to do, where a CPU would take days."""
+  if config.scale == 'full' and jax.default_backend() == 'cpu':
+    logging.warning(
+        'The full scale on a CPU: a %d+%d-layer, d_model %d Transformer on %s for %d steps '
+        '(days here). For the CPU scale add ":small" to --config.', config.model.num_layers,
+        config.model.num_layers, config.model.emb_dim, config.dataset_name,
+        config.num_train_steps)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -107,15 +164,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.validate(config)  # A bad field fails here, before any work.
   _check_workdir(workdir)
   checkpoints.check_config(workdir, config)
+  _check_history(workdir, config)
+  _announce_scale(config)
+  datasets.check_available(config)
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
   if config.batch_size % num_devices:
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+    raise cli.UserError(f'batch_size {config.batch_size} is not divisible by the '
                      f'{num_devices} devices.')
   logging.info('Training on %d devices (%d processes): %s', num_devices, jax.process_count(),
                jax.devices())
 
   tokenizer = input_pipeline.prepare(config)
+  os.makedirs(workdir, exist_ok=True)
   checkpoints.save_config(workdir, config, tokenizer)
   train_iter = input_pipeline.make_train_iterator(
       config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
@@ -130,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(state.step)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
                                     enabled=jax.process_index() == 0)
-  if start_step == 0:
+  if not any('params/count' in row for row in metrics_lib.read_metrics(workdir)):
     writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))})
   wall_seconds_before = max((row['time/wall_seconds'] for row in metrics_lib.read_metrics(workdir)
                              if 'time/wall_seconds' in row), default=0.0)
@@ -209,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       flush_train_metrics()
       if step % config.checkpoint_every_steps:
         checkpointer.save(step, state, train_iter)
+      logging.warning('Saved step %d of %d in %s; run the same command again to resume.',
+                      step, config.num_train_steps, workdir)
     if jax.process_index() == 0:
       plots.plot_training_run(workdir, metrics_lib.read_metrics(workdir))
   finally:

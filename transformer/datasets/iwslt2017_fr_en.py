@@ -22,6 +22,7 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
+from transformer import cli
 from transformer.datasets import array_record_builder
 
 ARCHIVE_NAMES = ('fr-en.tgz', 'fr-en.zip')
@@ -159,7 +160,7 @@ def download_archive(manual_dir: str) -> str:
     with urllib.request.urlopen(DOWNLOAD_URL, timeout=60) as response:
       data = response.read()
   except OSError as e:
-    raise FileNotFoundError(
+    raise cli.UserError(
         f'The IWSLT 2017 fr-en archive is not in {manual_dir!r} and could not be downloaded '
         f'({e}). Put the official release file fr-en.tgz (WIT3 2017-01-trnted/texts/fr/en/) '
         f'or its copy fr-en.zip ({DOWNLOAD_URL}) into the folder {manual_dir!r} (config.'
