@@ -35,6 +35,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from transformer import cli
 from transformer import datasets
 from transformer import tokenizer as tokenizer_lib
 
