@@ -97,9 +97,9 @@ def _decode_test(config: ml_collections.ConfigDict, workdir: str, checkpoint: st
   the one decoding (the concatenation's score is not the mean of the years': BLEU pools
   n-gram counts).
   """
-  name = checkpoint.replace(':', '_')
+  name = '' if checkpoint == 'best' else '.' + checkpoint.replace(':', '_')
   decoded = inference.decode(workdir, checkpoint=checkpoint, split='test',
-                             output_path=os.path.join(workdir, f'test_hypotheses.{name}.en'))
+                             output_path=os.path.join(workdir, f'test_hypotheses{name}.en'))
   result = {k: decoded[k] for k in (
       'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')}
   if config.dataset_name == 'iwslt2017_fr_en':
