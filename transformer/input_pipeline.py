@@ -150,7 +150,7 @@ def measured_fill(config: ml_collections.ConfigDict, examples: list[dict[str, np
   Measured on a one-process iterator of the same config, so every process of a run gets the
   same number (the epoch budget must not differ between processes).
   """
-  iterator = make_train_iterator(config, None, examples=examples)
+  iterator = _train_iterator(config, examples, process_index=0, process_count=1)
   fills = [np.mean(next(iterator)['targets_segmentation'] > 0) for _ in range(num_batches)]
   return float(np.mean(fills))
 
@@ -181,8 +181,13 @@ def make_train_iterator(config: ml_collections.ConfigDict,
   train_examples, saves tokenizing the split again.
   The iterator has get_state()/set_state(); see the module docstring for checkpoints.
   """
-  rows = _check_batch_size(config, process_count)
   kept = train_examples(config, tokenizer) if examples is None else examples
+  return _train_iterator(config, kept, process_index=process_index, process_count=process_count)
+
+
+def _train_iterator(config: ml_collections.ConfigDict, kept: list[dict[str, np.ndarray]], *,
+                    process_index: int, process_count: int) -> grain.DatasetIterator:
+  rows = _check_batch_size(config, process_count)
   dataset = grain.MapDataset.source(kept)[process_index::process_count]
   # shuffle-then-repeat draws a new permutation for every epoch.
   dataset = dataset.shuffle(seed=config.seed + config.shuffle_buffer_seed_offset).repeat()
