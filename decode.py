@@ -16,7 +16,9 @@ from transformer import inference
 from transformer import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'best', "'best', 'latest', a step number, or 'average:K' (the mean of the last "
+    'K saved checkpoints).')
 _SPLIT = flags.DEFINE_string('split', None, "A split of the run's dataset, e.g. 'test'.")
 _INPUT = flags.DEFINE_string('input', None, "Source text, one sentence a line ('-' = stdin).")
 _OUTPUT = flags.DEFINE_string('output', None, 'Where translations go (default: stdout).')

@@ -1,6 +1,7 @@
 """Runs the study: every variant in configs/, test BLEU for each, and REPORT.md.
 
   python study.py --scale=small --experiment_dir=results/small --config.num_train_steps=400
+  python study.py --scale=full --dry_run     # the plan: steps, tokens, FLOPs, GPU hours
 
 `--config.<field>=value` overrides a field of every run, exactly as in train.py. Re-run the
 same command after an interruption: finished runs are skipped, an unfinished one resumes.
@@ -15,24 +16,31 @@ from transformer import cli
 from transformer import study
 
 _SCALE = flags.DEFINE_enum('scale', 'small', list(base.SCALES), 'Scale of every run.')
-_EXPERIMENT_DIR = flags.DEFINE_string('experiment_dir', None, 'Where runs and the report go.')
+_EXPERIMENT_DIR = flags.DEFINE_string('experiment_dir', '', 'Where runs and the report go.')
 _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds per variant (mean ± std in the report).',
                               lower_bound=1)
 _VARIANTS = flags.DEFINE_list('variants', None, 'Subset of variants (default: all).')
 _NO_ABLATIONS = flags.DEFINE_bool('no_ablations', False, 'Skip the warm-up ablation runs.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print every run's budget, FLOPs and estimated "
+                             'GPU time; train nothing.')
 # Only the fields given on the command line are applied to every run (each variant keeps
 # its own values for the rest); the base config here gives their names and types.
 _CONFIG = config_flags.DEFINE_config_dict(
     'config', base.get_config(), 'Overrides for every run: --config.<field>=value.')
-flags.mark_flag_as_required('experiment_dir')
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'Unexpected arguments: {argv[1:]}')
-  path = study.run_study(_SCALE.value, _EXPERIMENT_DIR.value, seeds=_SEEDS.value,
-                         variants=_VARIANTS.value, ablations=not _NO_ABLATIONS.value,
-                         overrides=config_flags.get_override_values(flags.FLAGS['config']))
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  runs = dict(seeds=_SEEDS.value, variants=_VARIANTS.value, ablations=not _NO_ABLATIONS.value,
+              overrides=overrides)
+  if _DRY_RUN.value:
+    print('\n'.join(study.plan(_SCALE.value, **runs)))
+    return
+  if not _EXPERIMENT_DIR.value:
+    raise cli.UserError('--experiment_dir is required (except with --dry_run).')
+  path = study.run_study(_SCALE.value, _EXPERIMENT_DIR.value, **runs)
   logging.info('Report written to %s', path)
 
 

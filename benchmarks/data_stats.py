@@ -50,7 +50,9 @@ def measure(config, num_batches: int) -> dict:
   tokenizer_seconds = time.perf_counter() - start
   splits = {s: len(datasets.data_source(config, s))
             for s in ('train', 'validation', 'test')}
-  train = input_pipeline.make_train_iterator(config, tokenizer)
+  examples = input_pipeline.train_examples(config, tokenizer)
+  target_tokens_per_pair = float(np.mean([len(e['targets']) for e in examples]))
+  train = input_pipeline.make_train_iterator(config, tokenizer, examples=examples)
   batches = [next(train) for _ in range(num_batches)]
   evaluation = list(input_pipeline.make_eval_iterator(config, tokenizer, 'validation'))
   shapes = collections.Counter(v.shape for b in batches + evaluation for v in b.values())
@@ -59,7 +61,9 @@ def measure(config, num_batches: int) -> dict:
       'build (s)': f'{build_seconds:.1f}',
       'sentencepiece training (s)': f'{tokenizer_seconds:.1f} ({config.vocab_size:,} pieces)',
       'batch (rows x source/target tokens)': (
-          f'{config.batch_size} x {config.max_length}/{config.max_target_length}'),
+          f'{input_pipeline.micro_batch_rows(config)} x {config.max_length}/'
+          f'{config.max_target_length}'),
+      'train: target tokens per pair (eos included)': f'{target_tokens_per_pair:.2f}',
       'train: real source / target positions':
           f'{_fill(batches, "inputs"):.1%} / {_fill(batches, "targets"):.1%} '
           f'({num_batches} batches)',

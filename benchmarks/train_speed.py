@@ -14,7 +14,7 @@ same batches from the same parameters. Two kinds of batch:
           figure (REFERENCE below). To compare with it, give the model its sizes:
           --batches=fixed --config.vocab_size=8000 --config.model.emb_dim=256
           --config.model.qkv_dim=256 --config.model.mlp_dim=1024
-MFU is model FLOPs (benchmarks/model_flops.py) over the device peak (benchmarks/machine.py).
+MFU is model FLOPs (transformer/flops.py) over the device peak (benchmarks/machine.py).
 """
 
 import dataclasses
@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks import batches as batches_lib
 from benchmarks import machine
-from benchmarks import model_flops
+from transformer import flops as model_flops
 from transformer import losses
 from transformer import models
 

@@ -29,7 +29,18 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
   # target positions as padding (`python -m benchmarks.data_stats` on the Bible: 83% real with
   # 128, 92% with 112).
   config.max_target_length = 112
-  config.batch_size = 64  # Packed rows per global batch (all devices).
+  # The batch. An optimizer step is grad_accum_steps micro-batches (optax.MultiSteps sums their
+  # gradients), each of `rows` packed rows of max_length source / max_target_length target
+  # positions, all devices together. With batch_tokens > 0 (and batch_size 0), rows =
+  # batch_tokens / (grad_accum_steps * max_target_length): batch_tokens counts target
+  # *positions* per optimizer step, as fairseq's --max-tokens counts padded ones; packing
+  # leaves ~8-10% of them padding, so the real target tokens per step are ~0.9 * batch_tokens
+  # (the epoch budget divides by the measured real tokens). batch_tokens must be a multiple of
+  # grad_accum_steps * max_target_length. Raising grad_accum_steps at the same batch_tokens
+  # trains the same function with micro-batches that fit a smaller device.
+  config.batch_tokens = 25_088  # Target positions per optimizer step: 224 rows of 112 (~Vaswani's 25k).
+  config.batch_size = 0  # Packed rows per micro-batch when batch_tokens is 0 (all devices).
+  config.grad_accum_steps = 1  # Micro-batches per optimizer step (gradient accumulation).
   config.eval_batch_size = 64  # Sentences per evaluation/decoding batch (all devices).
   config.shuffle_buffer_seed_offset = 0  # Added to `seed` for the data order only.
 
@@ -48,7 +59,9 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
   config.model.norm = 'layer_norm'  # Registry name: layer_norm|rms_norm|batch_norm|scale_norm|none.
   config.model.norm_position = 'post'  # 'post': norm(x + F(x)) (Vaswani); 'pre': x + F(norm(x)).
   config.model.residual = 'identity'  # Residual form: identity | deep_norm (Wang 2022) | rezero.
-  config.model.dtype = 'float32'  # Compute dtype ('bfloat16' on GPUs); parameters stay float32.
+  # Compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU; or 'float32'/'bfloat16'.
+  # Parameters, Adam state, logits, the loss and norm statistics stay float32 whatever it is.
+  config.model.dtype = 'auto'
   config.model.attention_impl = 'xla'  # 'xla' (jax.nn.dot_product_attention) or 'einsum'; same math.
   config.model.batch_norm_axis_name = ''  # shard_map axis BatchNorm psums statistics over; '' = none.
 
@@ -68,12 +81,20 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
 
   # Loop, evaluation and checkpoints.
   config.seed = 0  # Seeds parameters, dropout and the data order.
-  config.num_train_steps = 100_000  # Optimizer steps.
+  # The budget: num_train_steps optimizer steps when > 0, else num_train_epochs passes over the
+  # train split's target tokens (training.epoch_budget: measured real tokens per step).
+  config.num_train_steps = 0  # Optimizer steps; 0 = from num_train_epochs.
+  config.num_train_epochs = 50.0  # Epochs, when num_train_steps is 0.
+  config.patience = 0  # Evaluations without a new best validation BLEU before stopping; 0 = off.
   config.log_every_steps = 100  # Fetch and write training metrics every N steps.
-  config.eval_every_steps = 2_000  # Validation loss and greedy BLEU every N steps.
-  config.checkpoint_every_steps = 2_000  # Save params, optimizer, RNG and data state every N steps.
+  # ~1 epoch of 25k-position steps on IWSLT2017 (~4.5 M target tokens / ~23k real a step).
+  config.eval_every_steps = 200  # Validation loss and greedy BLEU every N steps.
+  config.checkpoint_every_steps = 200  # Save params, optimizer, RNG and data state every N steps.
   config.diagnostics_every_steps = 1_000  # Per-layer gradient/activation norms every N steps.
-  config.max_checkpoints_to_keep = 2  # Latest checkpoints kept (the best-BLEU one is kept besides).
+  config.max_checkpoints_to_keep = 5  # Latest checkpoints kept (the best-BLEU one is kept besides).
+  # The study also decodes the mean of the last K checkpoints (Vaswani et al. 2017 average the
+  # last 5 for base); 0 = only the best. At most max_checkpoints_to_keep.
+  config.average_checkpoints = 5
   config.max_nonfinite_steps = 20  # Stop after this many consecutive NaN/Inf steps.
   config.num_eval_bleu_sentences = 0  # Validation sentences decoded for BLEU; 0 = all.
 
@@ -98,8 +119,10 @@ def _make_small(config: ml_collections.ConfigDict) -> None:
   config.vocab_size = 4_000
   config.max_length = 128
   config.max_target_length = 112
+  config.batch_tokens = 0
   config.batch_size = 16
   config.eval_batch_size = 16
+  config.model.dtype = 'float32'
   config.model.emb_dim = 128
   config.model.num_heads = 4
   config.model.num_layers = 3
@@ -110,6 +133,8 @@ def _make_small(config: ml_collections.ConfigDict) -> None:
   config.lr_schedule = 'linear'
   config.warmup_steps = 100
   config.num_train_steps = 1_300
+  config.max_checkpoints_to_keep = 2
+  config.average_checkpoints = 0
   config.log_every_steps = 10
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 100

@@ -6,7 +6,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).parent.parent / 'transformer'
 # Lowest layer first, as in README.md's Layout section: a module imports only earlier ones.
 ORDER = ('config_utils', 'cli', 'provenance', 'sharding', 'metrics', 'plots', 'significance',
-         'datasets', 'tokenizer', 'input_pipeline', 'norms', 'models', 'losses', 'optim', 'search', 'config_checks',
+         'datasets', 'tokenizer', 'input_pipeline', 'norms', 'models', 'flops', 'losses', 'optim', 'search', 'config_checks',
          'steps', 'checkpoints', 'translator', 'training', 'attention_maps', 'inference',
          'report', 'study')
 

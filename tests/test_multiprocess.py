@@ -23,6 +23,7 @@ from transformer import input_pipeline
 from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer import steps
+from transformer import tokenizer as tokenizer_lib
 from transformer import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,9 +84,26 @@ class BothShards:
 
 
 @pytest.fixture(scope='module')
-def two_processes(bible_config, bible_tokenizer, tmp_path_factory):
-  """The workdir of a 2-process run (one CPU device each) of the tiny config."""
-  del bible_tokenizer  # Trained into data_dir before the processes look for it.
+def data_dir(tmp_path_factory):
+  """An empty data_dir: the two processes must prepare the dataset and vocabulary in it."""
+  return os.fspath(tmp_path_factory.mktemp('empty_tfds'))
+
+
+@pytest.fixture(scope='module')
+def tokenizer(two_processes, data_dir):
+  """The vocabulary process 0 trained (the others waited for it)."""
+  del two_processes
+  return tokenizer_lib.load_or_train(tiny(data_dir))
+
+
+@pytest.fixture(scope='module')
+def two_processes(data_dir, tmp_path_factory):
+  """The workdir of a 2-process run (one CPU device each) of the tiny config.
+
+  It starts from an empty data_dir: process 0 builds the Bible and trains the vocabulary while
+  process 1 waits at the barrier in input_pipeline.prepare.
+  """
+  assert not os.listdir(data_dir)
   workdir = tmp_path_factory.mktemp('two_processes')
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu',
@@ -94,7 +112,7 @@ def two_processes(bible_config, bible_tokenizer, tmp_path_factory):
   for index in range(2):
     command = [sys.executable, os.path.join(ROOT, 'train.py'),
                f'--config={ROOT}/configs/baseline.py:small', f'--workdir={workdir / "run"}',
-               f'--config.data_dir={bible_config.data_dir}',
+               f'--config.data_dir={data_dir}',
                f'--coordinator_address=localhost:{port}', '--num_processes=2',
                f'--process_id={index}'] + [f'--config.{k}={v}' for k, v in TINY.items()]
     with open(workdir / f'process_{index}.log', 'w') as log:
@@ -113,12 +131,12 @@ def two_processes(bible_config, bible_tokenizer, tmp_path_factory):
 
 
 def test_two_processes_train_what_one_process_with_two_devices_does(
-    two_processes, bible_config, tmp_path, monkeypatch):
+    two_processes, data_dir, tmp_path, monkeypatch):
   assert jax.device_count() == 2  # conftest.py asks XLA for two CPU devices.
   make_iterator = input_pipeline.make_train_iterator
   monkeypatch.setattr(training.input_pipeline, 'make_train_iterator',
                       lambda config, tokenizer, **_: BothShards(config, tokenizer, make_iterator))
-  training.train_and_evaluate(tiny(bible_config.data_dir), os.fspath(tmp_path))
+  training.train_and_evaluate(tiny(data_dir), os.fspath(tmp_path))
 
   step_sp, state_sp = latest_state(tmp_path)
   step_mp, state_mp = latest_state(two_processes, like=state_sp)
@@ -131,10 +149,9 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
   jax.tree.map(np.testing.assert_array_equal, state_mp, state_sp)
 
 
-def test_each_process_reads_and_checkpoints_its_own_shard(two_processes, bible_config,
-                                                          bible_tokenizer):
-  config = tiny(bible_config.data_dir)
-  shards = BothShards(config, bible_tokenizer, input_pipeline.make_train_iterator).shards
+def test_each_process_reads_and_checkpoints_its_own_shard(two_processes, data_dir, tokenizer):
+  config = tiny(data_dir)
+  shards = BothShards(config, tokenizer, input_pipeline.make_train_iterator).shards
   tokens = []
   for _ in range(STEPS):
     per_shard = [int(np.sum(next(shard)['targets'] > 0)) for shard in shards]

@@ -37,6 +37,7 @@ RESUMABLE_FIELDS = frozenset({
     'checkpoint_every_steps', 'diagnostics_every_steps', 'max_checkpoints_to_keep',
     'max_nonfinite_steps', 'num_eval_bleu_sentences', 'eval_batch_size', 'beam_size',
     'length_penalty', 'decode_length_ratio', 'decode_length_offset',
+    'num_train_epochs', 'patience', 'average_checkpoints',
 })
 
 
@@ -271,14 +272,56 @@ class Checkpointer:
     self._best.close()
 
 
+AVERAGE_PREFIX = 'average:'
+
+
+def average_states(states: list[Any]) -> Any:
+  """The states' element-wise mean of params and BatchNorm statistics, in float32.
+
+  The rest (step, optimizer state, RNG, counters) is the last state's: only what the model
+  computes with is averaged. Averaging the running mean and variance along with the weights
+  keeps BatchNorm's statistics those of (nearly) the same network.
+  """
+  mean = lambda *leaves: sum(leaf.astype(jax.numpy.float32) for leaf in leaves) / len(leaves)
+  return states[-1].replace(
+      params=jax.tree.map(mean, *[s.params for s in states]),
+      batch_stats=jax.tree.map(mean, *[s.batch_stats for s in states]))
+
+
+def _restore_average(workdir: str, which: str, abstract_state: Any) -> tuple[Any, int]:
+  """'average:K': the mean of the last K checkpoints in checkpoints/ (Vaswani et al. 2017, 6.1)."""
+  try:
+    count = int(which[len(AVERAGE_PREFIX):])
+  except ValueError:
+    count = 0
+  if count < 1:
+    raise cli.UserError(f'--checkpoint={which}: expected average:K with K >= 1 checkpoints.')
+  directory = os.path.join(workdir, 'checkpoints')
+  with ocp.CheckpointManager(directory, item_names=('state',),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    chosen = sorted(manager.all_steps())[-count:]
+    if len(chosen) < count:
+      raise cli.UserError(f'--checkpoint={which}: {directory} holds {len(chosen)} checkpoints '
+                          f'({chosen}), fewer than {count}.')
+    states = [manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state))).state for step in chosen]
+  logging.info('Averaged the checkpoints of steps %s.', chosen)
+  return average_states(states), chosen[-1]
+
+
 def restore_params(workdir: str, which: str, abstract_state: Any) -> tuple[Any, int]:
-  """Restores a state for inference: `which` is 'best', 'latest' or a step number.
+  """Restores a state for inference: `which` is 'best', 'latest', a step or 'average:K'.
+
+  'average:K' is the mean of the last K saved checkpoints' parameters (and BatchNorm
+  statistics), with the last one's step.
 
   As in training, a checkpoint that cannot be read is skipped with a one-line warning:
   'best' falls back to the latest checkpoints, 'latest' to the ones before it. Nothing is
   moved (decoding writes nothing into the workdir). A step number is that step or an error.
   """
   workdir = os.path.abspath(workdir)
+  if which.startswith(AVERAGE_PREFIX):
+    return _restore_average(workdir, which, abstract_state)
   best, latest = saved_steps(workdir, 'best'), saved_steps(workdir, 'checkpoints')
   if which not in ('best', 'latest'):
     if not which.isdigit():

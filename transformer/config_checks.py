@@ -61,7 +61,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'vocab_size': _integer(8),
     'max_length': _integer(2),
     'max_target_length': _integer(2),
-    'batch_size': _integer(1),
+    'batch_tokens': _integer(0),
+    'batch_size': _integer(0),
+    'grad_accum_steps': _integer(1),
     'eval_batch_size': _integer(1),
     'shuffle_buffer_seed_offset': _integer(0),
     'model.vocab_size': _integer(8),
@@ -77,7 +79,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'model.norm': _one_of(*sorted(norms.NORMS)),
     'model.norm_position': _one_of('pre', 'post'),
     'model.residual': _one_of(*models.RESIDUALS),
-    'model.dtype': _one_of('float32', 'bfloat16', 'float16'),
+    'model.dtype': _one_of(*models.DTYPES),
     'model.attention_impl': _one_of('xla', 'einsum'),
     'model.batch_norm_axis_name': (lambda v: isinstance(v, str) and (v == '' or v.isidentifier()),
                                    'a mesh axis name or empty'),
@@ -93,6 +95,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'grad_clip_norm': _number(0),
     'seed': _integer(0, 2**32 - 1),
     'num_train_steps': _integer(0),
+    'num_train_epochs': _number(0),
+    'patience': _integer(0),
+    'average_checkpoints': _integer(0),
     'log_every_steps': _integer(1),
     'eval_every_steps': _integer(0),
     'checkpoint_every_steps': _integer(1),
@@ -126,6 +131,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.batch_norm_axis_name and config.model.norm != 'batch_norm':
     raise cli.UserError('config.model.batch_norm_axis_name is set but config.model.norm is '
                         f'{config.model.norm!r}, not batch_norm.')
+  if config.grad_accum_steps < 1:
+    raise cli.UserError(f'config.grad_accum_steps must be at least 1, got '
+                        f'{config.grad_accum_steps}.')
+  if (config.batch_tokens > 0) == (config.batch_size > 0):
+    raise cli.UserError('Set exactly one of config.batch_tokens (target positions per optimizer '
+                        'step) and config.batch_size (rows per micro-batch); got '
+                        f'{config.batch_tokens} and {config.batch_size}.')
+  step_rows = config.grad_accum_steps * config.max_target_length
+  if config.batch_tokens % step_rows:
+    raise cli.UserError(
+        f'config.batch_tokens={config.batch_tokens} must be a multiple of grad_accum_steps * '
+        f'max_target_length = {step_rows} (e.g. '
+        f'{max(1, round(config.batch_tokens / step_rows)) * step_rows}).')
+  if not (config.num_train_steps or config.num_train_epochs):
+    raise cli.UserError('Give config.num_train_steps > 0 or config.num_train_epochs > 0; got '
+                        f'{config.num_train_steps} and {config.num_train_epochs}.')
+  if config.average_checkpoints > config.max_checkpoints_to_keep:
+    raise cli.UserError(f'config.average_checkpoints={config.average_checkpoints} must be at '
+                        f'most max_checkpoints_to_keep={config.max_checkpoints_to_keep}: only '
+                        'kept checkpoints can be averaged.')
   try:
     models.make_model(config)  # Unknown norm, head split, unknown fields, ...
     optim.make_schedule(config)

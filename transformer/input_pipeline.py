@@ -5,7 +5,7 @@ hundred thousand short pairs, seconds of sentencepiece time), so that the grain 
 below it is a pure index-based map over a list: exactly reproducible, and its iterator state
 is a few integers however far into training it is.
 
-A batch is a dict of int32 arrays with config.batch_size // process_count rows, source
+A batch is a dict of int32 arrays with micro_batch_rows(config) // process_count rows, source
 features config.max_length long and target features config.max_target_length long:
 `inputs`, `targets` (each sentence followed by eos=1, then padding 0), and for packing
 `inputs_segmentation`/`targets_segmentation` (1, 2, 3, ... per sentence in a row, 0 on
@@ -32,6 +32,8 @@ from typing import Iterator
 
 from absl import logging
 import grain
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -57,7 +59,17 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def prepare(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-  """Builds the dataset if needed and returns its (possibly newly trained) tokenizer."""
+  """Builds the dataset if needed and returns its (possibly newly trained) tokenizer.
+
+  In a multi-process run process 0 builds the dataset and trains the vocabulary while the
+  others wait at a barrier, then they load what it wrote (data_dir must be shared): several
+  processes writing the same TFDS folder or sentencepiece model would race.
+  """
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      datasets.build(config)
+      tokenizer_lib.load_or_train(config)
+    multihost_utils.sync_global_devices('input_pipeline.prepare')
   datasets.build(config)
   return tokenizer_lib.load_or_train(config)
 
@@ -77,11 +89,25 @@ def tokenize_pairs(
           for s, t in zip(sources, targets)]
 
 
+def micro_batch_rows(config: ml_collections.ConfigDict) -> int:
+  """Packed rows of one micro-batch, all processes together.
+
+  config.batch_size, or with config.batch_tokens the rows that make batch_tokens target
+  *positions* per optimizer step: batch_tokens / (grad_accum_steps * max_target_length).
+  "Target tokens per step" is thus a capacity: packing fills rows with whole pairs, so a
+  row's tail is padding and the real target tokens of a step are fewer (measured_fill).
+  """
+  if config.batch_tokens:
+    return config.batch_tokens // (config.grad_accum_steps * config.max_target_length)
+  return config.batch_size
+
+
 def _check_batch_size(config: ml_collections.ConfigDict, process_count: int) -> int:
-  if config.batch_size % process_count:
-    raise cli.UserError(f'batch_size {config.batch_size} is not divisible by the '
+  rows = micro_batch_rows(config)
+  if rows % process_count:
+    raise cli.UserError(f'{rows} rows per micro-batch are not divisible by the '
                      f'{process_count} processes.')
-  return config.batch_size // process_count
+  return rows // process_count
 
 
 def _row_lengths(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -108,19 +134,9 @@ def _pack_and_batch(dataset: grain.IterDataset, config: ml_collections.ConfigDic
   return dataset.map(lambda batch: {_RENAME[k]: v for k, v in batch.items()})
 
 
-def make_train_iterator(config: ml_collections.ConfigDict,
-                        tokenizer: tokenizer_lib.Tokenizer,
-                        *,
-                        process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
-  """Returns an endless iterator of packed training batches for this process.
-
-  Process `i` reads pairs i, i + n, i + 2n, ... of the training split (n = process_count),
-  reshuffled every epoch with seed config.seed + config.shuffle_buffer_seed_offset. Pairs
-  longer than their side's row (eos included) are skipped and counted.
-  The iterator has get_state()/set_state(); see the module docstring for checkpoints.
-  """
-  rows = _check_batch_size(config, process_count)
+def train_examples(config: ml_collections.ConfigDict,
+                   tokenizer: tokenizer_lib.Tokenizer) -> list[dict[str, np.ndarray]]:
+  """The tokenized training pairs that fit their rows (eos included); the others are counted."""
   examples = tokenize_pairs(load_pairs(config, 'train'), tokenizer)
   lengths = _row_lengths(config)
   kept = [e for e in examples if all(len(e[k]) <= n for k, n in lengths.items())]
@@ -130,6 +146,54 @@ def make_train_iterator(config: ml_collections.ConfigDict,
   if not kept:
     raise cli.UserError(f'No training pair of {config.dataset_name} fits in max_length '
                      f'{config.max_length} and max_target_length {config.max_target_length}.')
+  return kept
+
+
+def measured_fill(config: ml_collections.ConfigDict, examples: list[dict[str, np.ndarray]],
+                  num_batches: int = 20) -> float:
+  """The fraction of target positions holding real tokens in the first training batches.
+
+  Measured on a one-process iterator of the same config, so every process of a run gets the
+  same number (the epoch budget must not differ between processes).
+  """
+  iterator = _train_iterator(config, examples, process_index=0, process_count=1)
+  fills = [np.mean(next(iterator)['targets_segmentation'] > 0) for _ in range(num_batches)]
+  return float(np.mean(fills))
+
+
+def accumulation_group(micro_batches: list[Batch]) -> list[Batch]:
+  """The micro-batches of one optimizer step, each with `step_tokens` added.
+
+  `step_tokens[r]` is row r's real target tokens summed over all the micro-batches, so the
+  psum of its sum over devices is the step's global token count (steps.train_step divides
+  every micro-batch's loss by it). Rows stay where they are, so it shards like the batch.
+  """
+  step_tokens = sum(np.sum(b['targets'] > 0, axis=1, dtype=np.int32) for b in micro_batches)
+  return [{**b, 'step_tokens': step_tokens} for b in micro_batches]
+
+
+def make_train_iterator(config: ml_collections.ConfigDict,
+                        tokenizer: tokenizer_lib.Tokenizer | None,
+                        *,
+                        process_index: int = 0,
+                        process_count: int = 1,
+                        examples: list[dict[str, np.ndarray]] | None = None
+                        ) -> grain.DatasetIterator:
+  """Returns an endless iterator of packed (micro-)batches for this process.
+
+  Process `i` reads pairs i, i + n, i + 2n, ... of the training split (n = process_count),
+  reshuffled every epoch with seed config.seed + config.shuffle_buffer_seed_offset. Pairs
+  longer than their side's row (eos included) are skipped and counted. `examples`, from
+  train_examples, saves tokenizing the split again.
+  The iterator has get_state()/set_state(); see the module docstring for checkpoints.
+  """
+  kept = train_examples(config, tokenizer) if examples is None else examples
+  return _train_iterator(config, kept, process_index=process_index, process_count=process_count)
+
+
+def _train_iterator(config: ml_collections.ConfigDict, kept: list[dict[str, np.ndarray]], *,
+                    process_index: int, process_count: int) -> grain.DatasetIterator:
+  rows = _check_batch_size(config, process_count)
   dataset = grain.MapDataset.source(kept)[process_index::process_count]
   # shuffle-then-repeat draws a new permutation for every epoch.
   dataset = dataset.shuffle(seed=config.seed + config.shuffle_buffer_seed_offset).repeat()

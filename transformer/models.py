@@ -74,10 +74,23 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
-    return jnp.dtype(self.dtype)
+    """The dtype of activations and matmuls; 'auto' picks bfloat16 where it is fast."""
+    return resolve_dtype(self.dtype)
 
 
 RESIDUALS = ('identity', 'deep_norm', 'rezero')
+DTYPES = ('auto', 'float32', 'bfloat16')
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+  """'auto' -> bfloat16 on GPU/TPU (their matrix units' native type), float32 on CPU.
+
+  On a CPU bfloat16 is emulated and slower than float32, so 'auto' keeps float32 there.
+  """
+  if name == 'auto':
+    return jnp.dtype(jnp.bfloat16 if (backend or jax.default_backend()) in ('gpu', 'tpu')
+                     else jnp.float32)
+  return jnp.dtype(name)
 
 
 def residual_scales(config: ModelConfig, stack: str) -> tuple[float, float]:
@@ -374,8 +387,13 @@ class Transformer(nn.Module):
     return self.embedding_dropout(x, deterministic=not train)
 
   def _logits(self, y):
-    """Output projection by the transposed shared embedding (Press & Wolf 2017); float32."""
-    return self.shared_embedding.attend(y).astype(jnp.float32)
+    """Output projection by the transposed shared embedding (Press & Wolf 2017); float32.
+
+    The product accumulates and returns float32 whatever the compute dtype, so that in
+    bfloat16 the logits (and the softmax and loss after them) keep float32 precision.
+    """
+    embedding = self.shared_embedding.embedding.astype(y.dtype)  # [vocab, emb]
+    return jnp.dot(y, embedding.T, preferred_element_type=jnp.float32)
 
   def encode(self, inputs, *, inputs_positions=None, inputs_segmentation=None,
              train: bool = False) -> Array:
@@ -485,7 +503,7 @@ def cache_bytes(config: ModelConfig, *, batch: int, beam: int, source_len: int,
   boolean source mask (rows * source_len) and the int32 index (4).
   """
   rows = batch * beam
-  itemsize = jnp.dtype(config.dtype).itemsize
+  itemsize = config.compute_dtype.itemsize
   decoded = max_decode_len if step is None else step
   per_layer = 2 * rows * (decoded + source_len) * config.qkv_dim * itemsize
   return config.num_layers * per_layer + rows * source_len + 4

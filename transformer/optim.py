@@ -60,7 +60,14 @@ def weight_decay_mask(params):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam (or AdamW when weight_decay > 0), with optional global-norm clipping."""
+  """Adam (or AdamW when weight_decay > 0), with optional global-norm clipping.
+
+  With grad_accum_steps = k > 1 it is wrapped in optax.MultiSteps, which sums the gradients
+  of k micro-batches (use_grad_mean=False: each micro-batch's loss is already divided by the
+  whole step's token count, see steps.train_step) and updates on the k-th; clipping and the
+  schedule see one optimizer step. The running sum lives in the optimizer state, so it is
+  checkpointed with it.
+  """
   schedule = make_schedule(config)
   if config.weight_decay > 0:
     opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
@@ -69,4 +76,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if config.grad_accum_steps > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=config.grad_accum_steps, use_grad_mean=False)
   return opt

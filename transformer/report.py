@@ -50,7 +50,30 @@ def _load_run(run_dir: str) -> dict:
       'params': int(params[0]) if params else 0,
       'wall_seconds': walls[-1] if walls else math.nan,
       'skipped': int(skipped[-1]) if skipped else 0,
+      'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
   }
+
+
+def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:
+  """Test BLEU of the best checkpoint and of the checkpoint average, overall and per year."""
+  runs = {name: runs[0] for name, runs in groups.items() if runs and (
+      runs[0]['average'] or runs[0]['test_sets'])}
+  if not runs:
+    return []
+  years = sorted({y for r in runs.values() for y in r['test_sets']})
+  header = ['variant', 'checkpoint', 'test'] + years
+  lines = ['Test BLEU by checkpoint (best validation BLEU; mean of the last checkpoints) and '
+           'by test year (first seed).', '', '| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for name, run in runs.items():
+    rows = [('best', {'bleu': run['bleu'], 'test_sets': run['test_sets']})]
+    if run['average']:
+      rows.append((f"average (step {run['average']['step']})", run['average']))
+    for label, scores in rows:
+      cells = [name, label, f"{scores['bleu']:.2f}"] + [
+          f"{scores.get('test_sets', {}).get(y, {}).get('bleu', math.nan):.2f}" for y in years]
+      lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -113,6 +136,9 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
         f"| {_mean_std([r['early_eval_loss'] for r in runs])} "
         f"| {_mean_std([r['wall_seconds'] / 60 for r in runs])} "
         f"| {sum(r['skipped'] for r in runs)} | {runs[0]['params']:,} |")
+  extra = _checkpoint_and_year_table(groups)
+  if extra:
+    lines += [''] + extra
   signatures = {r['bleu_signature'] for r in finished if r['bleu_signature']}
   if signatures:
     lines += ['', f"BLEU: sacreBLEU `{' / '.join(sorted(signatures))}`, beam search on the test "

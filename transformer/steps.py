@@ -32,13 +32,13 @@ Batch = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   """Everything a step changes: checkpointing this (plus the data state) is an exact resume."""
-  step: jax.Array  # int32 []: batches consumed, skipped ones included.
+  step: jax.Array  # int32 []: (micro-)batches consumed, skipped ones included.
   params: Any
   batch_stats: Any  # BatchNorm running statistics; {} for the other norms.
   opt_state: Any
   rng: jax.Array  # uint32 key data; step keys are fold_in(rng, step).
-  nonfinite_streak: jax.Array  # int32 []: consecutive steps skipped for NaN/Inf.
-  nonfinite_total: jax.Array  # int32 []: all steps skipped for NaN/Inf.
+  nonfinite_streak: jax.Array  # int32 []: consecutive (micro-)batches skipped for NaN/Inf.
+  nonfinite_total: jax.Array  # int32 []: all (micro-)batches skipped for NaN/Inf.
 
 
 def init_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
@@ -137,8 +137,21 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
   the per-device gradients (n times their pmean) is exactly the gradient of the global
   token mean, however unevenly real tokens are spread over devices. A step whose loss or
   gradients are not finite leaves params and optimizer state untouched and is counted.
+
+  With gradient accumulation (config.grad_accum_steps = k > 1, optax.MultiSteps) this is one
+  micro-batch of an optimizer step. The batch then carries `step_tokens` (per row: the real
+  target tokens of that row in all k micro-batches, input_pipeline.accumulation_group), and
+  the loss is divided by the whole step's global token count, so the sum of the k gradients
+  MultiSteps forms is exactly the full batch's gradient. A non-finite micro-batch adds a zero
+  gradient (and is counted) instead of stopping MultiSteps' count, which must stay in step
+  with the loop's groups of k. BatchNorm normalizes each micro-batch with its own statistics
+  (all devices together) and updates its running averages once per micro-batch: the one
+  thing accumulation does not make equal to the full batch.
   """
-  num_tokens = lax.psum(jnp.sum(batch['targets'] > 0), AXIS)
+  if 'step_tokens' in batch:
+    num_tokens = lax.psum(jnp.sum(batch['step_tokens']), AXIS)
+  else:
+    num_tokens = lax.psum(jnp.sum(batch['targets'] > 0), AXIS)
 
   def loss_fn(params):
     loss, updates = loss_sum(params, state.batch_stats, batch, _device_rng(state), model=model,
@@ -149,21 +162,30 @@ def train_step(state: TrainState, batch: Batch, *, model, tx, config) -> tuple[T
       _per_device(state.params))
   loss, grads = lax.psum((loss, grads), AXIS)
   finite = jnp.isfinite(loss) & _tree_all_finite(grads)
-  param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, param_updates)
   keep_if_finite = lambda new, old: jax.tree.map(
       lambda n, o: jnp.where(finite, n, o), new, old)
+  if isinstance(tx, optax.MultiSteps):
+    grads = keep_if_finite(grads, jax.tree.map(jnp.zeros_like, grads))
+    # The gradient summed so far; at the k-th micro-batch, the optimizer step's.
+    step_grads = jax.tree.map(jnp.add, state.opt_state.acc_grads, grads)
+    param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, param_updates)
+  else:
+    step_grads = grads
+    param_updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = keep_if_finite(optax.apply_updates(state.params, param_updates), state.params)
+    new_opt_state = keep_if_finite(new_opt_state, state.opt_state)
   new_state = state.replace(
       step=state.step + 1,
-      params=keep_if_finite(new_params, state.params),
-      opt_state=keep_if_finite(new_opt_state, state.opt_state),
+      params=new_params,
+      opt_state=new_opt_state,
       batch_stats=keep_if_finite(updates.get('batch_stats', state.batch_stats),
                                  state.batch_stats),
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
   step_metrics = {
       'train/loss': loss, 'train/tokens': num_tokens.astype(jnp.float32),
-      'train/grad_norm': optax.tree.norm(grads),
+      'train/grad_norm': optax.tree.norm(step_grads),
       'train/param_norm': optax.tree.norm(state.params),
       'train/nonfinite_streak': new_state.nonfinite_streak.astype(jnp.float32),
   }

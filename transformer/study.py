@@ -8,20 +8,29 @@ test_result.json files only. The entry point is the top-level study.py.
 """
 
 import json
+import math
 import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 import configs
 from transformer import checkpoints
+from transformer import config_checks
 from transformer import config_utils
+from transformer import datasets
+from transformer import flops
 from transformer import inference
 from transformer import input_pipeline
+from transformer import models
 from transformer import report
 from transformer import training
+from transformer import translator as translator_lib
+from transformer.datasets import iwslt2017_fr_en
 
 STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero',
                   'no_dropout', 'strong_dropout', 'label_smoothing', 'r_drop')
@@ -33,6 +42,17 @@ ABLATIONS = {
 }
 ABLATION_STEPS_FRACTION = 0.5
 RESULT_FILE = 'test_result.json'
+# The plan's GPU: NVIDIA H200 SXM, 989 TFLOP/s dense bfloat16 (NVIDIA's data sheet; 1,979 is
+# with 2:4 sparsity). The MFU is an assumption, not a measurement: ~40% is what well-tuned
+# Transformer training reaches on Hopper; float32 runs use the TF32 peak, half of it.
+PLAN_GPU = ('H200', 989e12)
+PLAN_MFU = 0.40
+# Without the prepared dataset: the release's 232,825 training pairs (the builder's docstring)
+# times the target tokens per pair measured on the shipped tst2016 files with the largest
+# vocabulary they can train (`python -m benchmarks.data_stats`, 4,000 pieces: 26.83); a 16k
+# vocabulary splits words less, so this over-estimates tokens, and so steps and time.
+PUBLISHED_TRAIN_PAIRS = 232_825
+TST2016_TARGET_TOKENS_PER_PAIR = 26.83
 
 
 def variant_names() -> list[str]:
@@ -62,12 +82,34 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result['error'] = str(e)
   result['train_seconds_this_invocation'] = time.perf_counter() - started
   if not result['diverged']:
-    decoded = inference.decode(workdir, checkpoint='best', split='test',
-                               output_path=os.path.join(workdir, 'test_hypotheses.en'))
-    result.update({k: decoded[k] for k in (
-        'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')})
+    result.update(_decode_test(config, workdir, 'best'))
+    if config.average_checkpoints:
+      result['average'] = _decode_test(config, workdir, f'average:{config.average_checkpoints}')
   with open(result_path, 'w') as f:
     json.dump(result, f, indent=2)
+  return result
+
+
+def _decode_test(config: ml_collections.ConfigDict, workdir: str, checkpoint: str) -> dict:
+  """Test BLEU/chrF of one checkpoint; for IWSLT also of each year tst2010 ... tst2015.
+
+  The test split is the years concatenated in order, so each year is scored on its slice of
+  the one decoding (the concatenation's score is not the mean of the years': BLEU pools
+  n-gram counts).
+  """
+  name = '' if checkpoint == 'best' else '.' + checkpoint.replace(':', '_')
+  decoded = inference.decode(workdir, checkpoint=checkpoint, split='test',
+                             output_path=os.path.join(workdir, f'test_hypotheses{name}.en'))
+  result = {k: decoded[k] for k in (
+      'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')}
+  if config.dataset_name == 'iwslt2017_fr_en':
+    result['test_sets'], start = {}, 0
+    for year in iwslt2017_fr_en.TEST_SETS:
+      references = [en for _, en in input_pipeline.load_pairs(config, year)]
+      hypotheses = decoded['hypotheses'][start:start + len(references)]
+      start += len(references)
+      scores = translator_lib.score(hypotheses, [references])
+      result['test_sets'][year] = {'bleu': scores['bleu'], 'chrf': scores['chrf']}
   return result
 
 
@@ -84,9 +126,12 @@ def run_configs(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]]
     for seed in range(seeds if run_name in variants else 1):
       config = configs.get_variant(variant, scale)
       config_utils.apply_overrides(config, overrides or {})
-      if run_name not in variants:
+      if run_name not in variants and config.num_train_steps:
         run_overrides = {**run_overrides, 'num_train_steps': max(
             1, int(config.num_train_steps * ABLATION_STEPS_FRACTION))}
+      elif run_name not in variants:
+        run_overrides = {**run_overrides,
+                         'num_train_epochs': config.num_train_epochs * ABLATION_STEPS_FRACTION}
       config_utils.apply_overrides(config, run_overrides)
       config.seed = seed
       out[os.path.join(run_name, f'seed_{seed}')] = config
@@ -114,3 +159,76 @@ def write_attention_maps(workdir: str, out_dir: str) -> None:
   inference.write_attention_maps(workdir, sentence, out_dir, checkpoint='best')
   with open(os.path.join(out_dir, 'sentence.txt'), 'w') as f:
     f.write(sentence + '\n')
+
+
+def _epoch_steps(config: ml_collections.ConfigDict) -> tuple[float, bool]:
+  """(optimizer steps per epoch, measured?): measured if the data and vocabulary are there."""
+  prepared = _prepared(config)
+  if prepared:
+    examples = input_pipeline.train_examples(config, input_pipeline.prepare(config))
+    steps, per_epoch = training.epoch_budget(config, examples)
+    del steps
+    return per_epoch, True
+  if config.dataset_name != 'iwslt2017_fr_en':
+    raise ValueError(f'{config.dataset_name} is not prepared: build it first.')
+  positions = (input_pipeline.micro_batch_rows(config) * config.max_target_length *
+               config.grad_accum_steps)
+  return PUBLISHED_TRAIN_PAIRS * TST2016_TARGET_TOKENS_PER_PAIR / positions, False
+
+
+def _prepared(config: ml_collections.ConfigDict) -> bool:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(config.dataset_name, data_dir=datasets.data_dir(config))
+  vocabulary = os.path.join(os.fspath(builder.data_dir), f'spm_{config.vocab_size}.model')
+  return builder.is_prepared() and os.path.exists(vocabulary)
+
+
+def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None,
+         ablations: bool = True, overrides: Optional[Mapping[str, Any]] = None) -> list[str]:
+  """The study's runs with their budgets and the time they would take on PLAN_GPU.
+
+  Nothing is trained. FLOPs per step are flops.train_step_flops over every row of the
+  optimizer step (R-Drop runs the model twice: twice the FLOPs); time = steps * FLOPs /
+  (peak * PLAN_MFU), an estimate. Memory: float32 params, gradients and Adam's two moments
+  (16 bytes a parameter; + 4 for MultiSteps' sum), without activations, which need the GPU
+  to measure.
+  """
+  gpu, peak = PLAN_GPU
+  lines, total_seconds, measured_all = [], 0.0, True
+  header = ('| run | steps | epochs | tokens/step | accum | dtype | params | GFLOP/step '
+            f'| {gpu} h at {PLAN_MFU:.0%} MFU | params+Adam GiB |')
+  lines += [header, '|' + '---|' * 10]
+  for run, config in run_configs(scale, seeds=seeds, variants=variants, ablations=ablations,
+                                 overrides=overrides).items():
+    config_checks.validate(config)
+    per_epoch, measured = _epoch_steps(config)
+    measured_all &= measured
+    steps = config.num_train_steps or math.ceil(config.num_train_epochs * per_epoch)
+    model_config = models.ModelConfig.from_config(config.model)
+    dtype = models.resolve_dtype(config.model.dtype, 'gpu')
+    rows = input_pipeline.micro_batch_rows(config) * config.grad_accum_steps
+    step_flops = flops.train_step_flops(model_config, batch=rows, source_len=config.max_length,
+                                        target_len=config.max_target_length)
+    step_flops *= 2 if config.r_drop_alpha > 0 else 1
+    run_peak = peak if dtype.itemsize == 2 else peak / 2
+    seconds = steps * step_flops / (run_peak * PLAN_MFU)
+    total_seconds += seconds
+    abstract = jax.eval_shape(lambda: models.make_model(config).init(
+        jax.random.key(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32),
+        train=False)['params'])
+    params = sum(x.size for x in jax.tree.leaves(abstract))
+    state_bytes = params * (16 + (4 if config.grad_accum_steps > 1 else 0))
+    lines.append(f'| {run} | {steps:,} | {steps / per_epoch:.1f} | '
+                 f'{rows * config.max_target_length:,} | {config.grad_accum_steps} | '
+                 f'{dtype.name} | {params:,} | {step_flops / 1e9:,.0f} | {seconds / 3600:.2f} '
+                 f'| {state_bytes / 2**30:.2f} |')
+  lines.append(f'| total | | | | | | | | {total_seconds / 3600:.1f} | |')
+  source = ('steps per epoch measured on the prepared train split' if measured_all else
+            f'ESTIMATES: the train split is not prepared, so steps per epoch are '
+            f'{PUBLISHED_TRAIN_PAIRS:,} published pairs x {TST2016_TARGET_TOKENS_PER_PAIR} '
+            'target tokens per pair (measured on tst2016 with a 4k vocabulary: an '
+            'over-estimate) over full rows')
+  lines.append(f'\n{source}. Hours are an estimate: FLOPs / ({gpu} {peak / 1e12:,.0f} '
+               f'TFLOP/s dense bf16 x an assumed {PLAN_MFU:.0%} MFU), evaluation and decoding '
+               'excluded; no GPU was used.')
+  return lines

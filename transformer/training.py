@@ -92,6 +92,44 @@ class _PreemptionFlag:
       signal.signal(s, handler)
 
 
+def epoch_budget(config: ml_collections.ConfigDict, examples: list) -> tuple[int, float]:
+  """(optimizer steps of the run, optimizer steps per epoch), from the measured data.
+
+  An epoch is the train split's real target tokens (eos included, pairs that fit their rows:
+  input_pipeline.train_examples). An optimizer step holds grad_accum_steps micro-batches of
+  input_pipeline.micro_batch_rows rows of max_target_length target positions, of which the
+  fraction input_pipeline.measured_fill holds real tokens (packing leaves row tails empty),
+  so steps per epoch = split tokens / (positions per step * fill). num_train_steps, when
+  > 0, wins over num_train_epochs.
+  """
+  split_tokens = sum(len(e['targets']) for e in examples)
+  positions = (input_pipeline.micro_batch_rows(config) * config.max_target_length *
+               config.grad_accum_steps)
+  fill = input_pipeline.measured_fill(config, examples)
+  steps_per_epoch = split_tokens / (positions * fill)
+  steps = config.num_train_steps or math.ceil(config.num_train_epochs * steps_per_epoch)
+  logging.info('%s: %d target tokens an epoch, %d positions a step (%.1f%% real): %.1f steps '
+               'an epoch; training %d steps (%.2f epochs).', config.dataset_name, split_tokens,
+               positions, 100 * fill, steps_per_epoch, steps, steps / steps_per_epoch)
+  return steps, steps_per_epoch
+
+
+def evaluations_since_best(bleus: list[float]) -> int:
+  """Evaluations after the first one with the highest BLEU (0 if the last is the best)."""
+  if not bleus:
+    return 0
+  return len(bleus) - 1 - bleus.index(max(bleus))
+
+
+def _combine_micro_steps(micro: list[dict]) -> dict:
+  """One optimizer step's metrics from its micro-batches' (host arrays)."""
+  return {'train/loss': sum(m['train/loss'] for m in micro),  # Each is its share of the mean.
+          'train/tokens': micro[0]['train/tokens'],  # The step's count, in every micro-batch.
+          'train/grad_norm': micro[-1]['train/grad_norm'],  # The norm of the summed gradient.
+          'train/param_norm': micro[0]['train/param_norm'],  # Before the step.
+          'train/nonfinite_streak': micro[-1]['train/nonfinite_streak']}
+
+
 class NonFiniteLossError(RuntimeError):
   """Too many consecutive steps with NaN/Inf loss or gradients."""
 
@@ -119,13 +157,14 @@ def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
   Rows past every checkpoint are normal (a run killed between saves drops and retrains them),
   but rows or a best checkpoint beyond two checkpoint intervals mean a checkpoint was saved and
   is gone: starting over would rewrite metrics.jsonl, the plots and TensorBoard from step 0.
-  A workdir trained past num_train_steps would have config.json claim fewer steps than it has.
+  A workdir trained past num_train_steps would have config.json claim fewer steps than it has
+  (checked again once an epoch budget is resolved to steps).
   """
   recorded = metrics_lib.last_step(workdir)  # A malformed row fails here, before any write.
   latest = checkpoints.saved_steps(workdir, 'checkpoints')
   best = checkpoints.saved_steps(workdir, 'best')
   trained = max(latest + best, default=0)
-  if trained > config.num_train_steps:
+  if config.num_train_steps and trained > config.num_train_steps:  # 0: not resolved yet.
     raise cli.UserError(
         f'{workdir!r} is trained to step {trained}, past num_train_steps='
         f'{config.num_train_steps}: a run is not shortened. Give --config.num_train_steps='
@@ -146,11 +185,12 @@ def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
 def _announce_scale(config: ml_collections.ConfigDict) -> None:
   """One line on what the full scale is about to do, where a CPU would take days."""
   if config.scale == 'full' and jax.default_backend() == 'cpu':
+    budget = (f'{config.num_train_steps} steps' if config.num_train_steps else
+              f'{config.num_train_epochs:g} epochs')
     logging.warning(
-        'The full scale on a CPU: a %d+%d-layer, d_model %d Transformer on %s for %d steps '
-        '(days here). For the CPU scale add ":small" to --config.', config.model.num_layers,
-        config.model.num_layers, config.model.emb_dim, config.dataset_name,
-        config.num_train_steps)
+        'The full scale on a CPU: a %d+%d-layer, d_model %d Transformer on %s for %s (days '
+        'here). For the CPU scale add ":small" to --config.', config.model.num_layers,
+        config.model.num_layers, config.model.emb_dim, config.dataset_name, budget)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -169,17 +209,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   datasets.check_available(config)
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
-  if config.batch_size % num_devices:
-    raise cli.UserError(f'batch_size {config.batch_size} is not divisible by the '
+  if (rows := input_pipeline.micro_batch_rows(config)) % num_devices:
+    raise cli.UserError(f'{rows} rows per micro-batch are not divisible by the '
                      f'{num_devices} devices.')
   logging.info('Training on %d devices (%d processes): %s', num_devices, jax.process_count(),
                jax.devices())
 
   tokenizer = input_pipeline.prepare(config)
+  examples = input_pipeline.train_examples(config, tokenizer)
+  num_steps, steps_per_epoch = epoch_budget(config, examples)
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = num_steps  # The schedule decays to it; config.json records it.
+  _check_history(workdir, config)
   os.makedirs(workdir, exist_ok=True)
   checkpoints.save_config(workdir, config, tokenizer)
   train_iter = input_pipeline.make_train_iterator(
-      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count())
+      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
+      examples=examples)
+  accumulate = config.grad_accum_steps
 
   schedule = optim.make_schedule(config)
   steps = steps_lib.compile_steps(config, mesh)
@@ -188,13 +235,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpointer.latest_step() is not None) else None
   if state is None:
     state = steps.init()
-  start_step = int(state.step)
+  start_step = int(state.step) // accumulate  # Optimizer steps (checkpoints fall between them).
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
                                     enabled=jax.process_index() == 0)
   if not any('params/count' in row for row in metrics_lib.read_metrics(workdir)):
     writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))})
-  wall_seconds_before = max((row['time/wall_seconds'] for row in metrics_lib.read_metrics(workdir)
+  history = [row for row in metrics_lib.read_metrics(workdir) if row['step'] <= start_step]
+  wall_seconds_before = max((row['time/wall_seconds'] for row in history
                              if 'time/wall_seconds' in row), default=0.0)
+  # Early stopping reads the evaluations from metrics.jsonl, so a resumed run counts on.
+  bleus = [row['eval/bleu'] for row in history if 'eval/bleu' in row]
+  patience_ran_out = lambda: bool(config.patience) and (
+      evaluations_since_best(bleus) >= config.patience)
   loop_start = time.perf_counter()
 
   validation = Validation(config, tokenizer, mesh) if config.eval_every_steps else None
@@ -205,28 +257,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def flush_train_metrics():
     """Fetches the steps' metrics (the loop's only host sync) and writes one row a step."""
     nonlocal pending
-    fetched = jax.device_get(pending)
+    fetched = [_combine_micro_steps(micro) for micro in jax.device_get(pending)]
     for first_step, step_metrics in zip(range(step - len(fetched) + 1, step + 1), fetched):
       row = {k: v for k, v in step_metrics.items() if k != 'train/nonfinite_streak'}
       row['train/learning_rate'] = schedule(first_step - 1)
+      row['train/epoch'] = first_step / steps_per_epoch
       writer.write(first_step, row, log=False)
       last_metrics.update(row)
     pending = []
     return fetched
 
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, unit='step',
-                       dynamic_ncols=True, disable=jax.process_index() != 0)
+  # The bar counts epochs (steps in its postfix), the unit a 50-epoch budget is set in.
+  progress = tqdm.tqdm(total=round(config.num_train_steps / steps_per_epoch, 2),
+                       initial=round(start_step / steps_per_epoch, 2), unit='epoch',
+                       bar_format='{l_bar}{bar}| {n:.2f}/{total:.2f} epochs [{elapsed}<'
+                       '{remaining}{postfix}]', dynamic_ncols=True,
+                       disable=jax.process_index() != 0)
+  stopped_early = patience_ran_out()
+  if stopped_early:
+    logging.info('%d evaluations without a new best BLEU (patience %d): not training on.',
+                 evaluations_since_best(bleus), config.patience)
   try:
-    while step < config.num_train_steps and not preemption.raised:
-      batch = sharding.shard_batch(next(train_iter), mesh)
-      if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
-        # Labelled with the step whose batch and gradient it measures (1 = at init).
-        writer.write(step + 1, jax.device_get(steps.diagnostics(state, batch)), log=False)
-      state, step_metrics = steps.train(state, batch)
-      pending.append(step_metrics)
+    while step < config.num_train_steps and not preemption.raised and not stopped_early:
+      # The loop draws one optimizer step's micro-batches at once: a checkpoint (saved only
+      # between optimizer steps) never holds a partial gradient sum.
+      micro_batches = [next(train_iter) for _ in range(accumulate)]
+      if accumulate > 1:
+        micro_batches = input_pipeline.accumulation_group(micro_batches)
+      micro_metrics = []
+      for index, micro_batch in enumerate(micro_batches):
+        batch = sharding.shard_batch(micro_batch, mesh)
+        if (index == 0 and config.diagnostics_every_steps and
+            step % config.diagnostics_every_steps == 0):
+          # Labelled with the step whose batch and gradient it measures (1 = at init).
+          writer.write(step + 1, jax.device_get(steps.diagnostics(state, batch)), log=False)
+        state, step_metrics = steps.train(state, batch)
+        micro_metrics.append(step_metrics)
+      pending.append(micro_metrics)
       step += 1
       window_steps += 1
-      progress.update()
+      progress.n = round(step / steps_per_epoch, 2)
+      progress.set_postfix_str(f'step {step}/{config.num_train_steps}', refresh=False)
+      progress.update(0)
 
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         fetched = flush_train_metrics()
@@ -237,9 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  'time/wall_seconds': wall_seconds_before + time.perf_counter() - loop_start}
         writer.write(step, speed, log=False)
         loss = float(np.mean([m['train/loss'] for m in fetched]))
-        logging.info('step %d: loss %.4f, %.0f target tokens/s', step, loss,
-                     speed['time/tokens_per_second'])
-        progress.set_postfix(loss=f'{loss:.3f}', tok_s=f"{speed['time/tokens_per_second']:.0f}")
+        logging.info('step %d (epoch %.2f): loss %.4f, %.0f target tokens/s', step,
+                     step / steps_per_epoch, loss, speed['time/tokens_per_second'])
         streak = max(int(m['train/nonfinite_streak']) for m in fetched)
         if streak:
           logging.warning('Skipped %d NaN/Inf steps so far (%d in a row).',
@@ -262,11 +333,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_metrics.update(eval_metrics)
         checkpointer.save_best(step, state, eval_metrics['eval/bleu'])
         window_start, window_steps = time.perf_counter(), 0
+        bleus.append(eval_metrics['eval/bleu'])
+        if patience_ran_out():
+          logging.info('Stopping early at step %d (epoch %.2f): %d evaluations without a new '
+                       'best BLEU (%.2f at the best).', step, step / steps_per_epoch,
+                       config.patience, max(bleus))
+          stopped_early = True
+          last_metrics['train/stopped_early_at_step'] = step
 
       if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
         flush_train_metrics()  # A resumed run must find every row up to its checkpoint.
         checkpointer.save(step, state, train_iter)
-    if preemption.raised:
+    if (preemption.raised or stopped_early) and step > start_step:
       flush_train_metrics()
       if step % config.checkpoint_every_steps:
         checkpointer.save(step, state, train_iter)
