@@ -29,8 +29,8 @@ import numpy as np
 
 import configs
 from benchmarks import machine
-from benchmarks import model_flops
 from transformer import config_utils
+from transformer import flops as model_flops
 from transformer import models
 from transformer import sharding
 from transformer import steps
@@ -75,7 +75,7 @@ def random_batch(config, rows: int, seed: int) -> dict[str, np.ndarray]:
 
 def time_training(config, rows: int, num_steps: int) -> dict:
   """Median step time of steps.py's compiled train step on random full rows."""
-  config.batch_size = rows
+  config.batch_size, config.batch_tokens = rows, 0
   mesh = sharding.make_mesh()
   compiled = steps.compile_steps(config, mesh)
   batches = [sharding.shard_batch(random_batch(config, rows, seed), mesh) for seed in range(3)]

@@ -1,0 +1,62 @@
+"""The full-scale path on a CPU: Transformer-base on an IWSLT release, trained, resumed, decoded.
+
+Everything is the full config (configs/base.py 'full': Transformer-base, the rsqrt schedule
+and its warm-up, token batches with accumulation, the 'auto' dtype rule, checkpoint
+averaging) except what a 2-core CI machine cannot hold: the batch is cut to 2 micro-batches
+of 2 rows, the run to 2 steps, and the vocabulary to 5,000 pieces, because the release built
+from the shipped tst2016 files (1,159 pairs) cannot make sentencepiece's 16,000 (it allows at
+most ~5,900 there).
+"""
+
+import math
+import os
+
+import pytest
+
+import conftest
+from configs import base
+from transformer import checkpoints
+from transformer import config_utils
+from transformer import inference
+from transformer import input_pipeline
+from transformer import metrics as metrics_lib
+from transformer import training
+
+
+@pytest.fixture(scope='module')
+def iwslt_release(tmp_path_factory):
+  """A data_dir and manual_dir with fr-en.tgz in the official layout, built once."""
+  root = tmp_path_factory.mktemp('iwslt')
+  conftest.write_archive(root / 'manual', 'tgz', conftest.archive_files())
+  return os.fspath(root / 'tfds'), os.fspath(root / 'manual')
+
+
+@pytest.mark.parametrize('dtype', ['auto', 'bfloat16'])
+def test_full_config_trains_resumes_and_decodes_an_average(iwslt_release, tmp_path, dtype):
+  data_dir, manual_dir = iwslt_release
+  config = base.get_config('full')
+  config_utils.apply_overrides(config, {
+      'data_dir': data_dir, 'manual_dir': manual_dir, 'vocab_size': 5_000,
+      'grad_accum_steps': 2, 'batch_tokens': 2 * 2 * config.max_target_length,
+      'num_train_steps': 1, 'checkpoint_every_steps': 1, 'eval_every_steps': 0,
+      'diagnostics_every_steps': 0, 'log_every_steps': 1, 'average_checkpoints': 2,
+      'model.dtype': dtype})
+  assert (config.model.num_layers, config.model.emb_dim, config.model.mlp_dim) == (6, 512, 2048)
+  workdir = os.fspath(tmp_path / 'run')
+  training.train_and_evaluate(config, workdir)  # Step 1, checkpointed.
+  config.num_train_steps = 2
+  training.train_and_evaluate(config, workdir)  # Resumed: step 2.
+  assert checkpoints.saved_steps(workdir, 'checkpoints') == [1, 2]
+  rows = metrics_lib.read_metrics(workdir)
+  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2]
+  assert all(math.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
+
+  pairs = input_pipeline.load_pairs(checkpoints.load_config(workdir), 'test')[:5]
+  source, reference = tmp_path / 'test.fr', tmp_path / 'test.en'
+  source.write_text(''.join(fr + '\n' for fr, _ in pairs), encoding='utf-8')
+  reference.write_text(''.join(en + '\n' for _, en in pairs), encoding='utf-8')
+  result = inference.decode(workdir, checkpoint='average:2', input_path=os.fspath(source),
+                            output_path=os.fspath(tmp_path / 'out.en'),
+                            reference_paths=[os.fspath(reference)], beam_size=4)
+  assert result['step'] == 2 and result['beam_size'] == 4 and result['sentences'] == 5
+  assert math.isfinite(result['bleu']) and 'nrefs:1' in result['bleu_signature']
