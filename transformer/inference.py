@@ -166,6 +166,13 @@ def _stream_lines(stream: IO[bytes]) -> Iterator[str]:
       raise InputError(f'stdin:{number}: not valid UTF-8 ({e.reason} at byte {e.start}).') from None
 
 
+def _check_reference_lengths(paths: Sequence[str], references: Sequence[Sequence[str]],
+                             num_sources: int) -> None:
+  for path, stream in zip(paths, references):
+    if len(stream) != num_sources:
+      raise InputError(f'{path} has {len(stream)} lines for {num_sources} source sentences.')
+
+
 def format_hypotheses(source: str, hypotheses: Sequence[tuple[str, float]], nbest: int) -> str:
   """One output line: the best text, or with nbest a JSON object of the n best, best first."""
   if not nbest:
@@ -210,9 +217,7 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   elif not streaming:
     sources = read_lines(input_path)
   if not streaming:
-    for path, stream in zip(reference_paths, references):
-      if len(stream) != len(sources):
-        raise InputError(f'{path} has {len(stream)} lines for {len(sources)} source sentences.')
+    _check_reference_lengths(reference_paths, references, len(sources))
   _check_max_decode_len(model, max_decode_len)
   try:
     search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
@@ -251,10 +256,7 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
             'cache': cache_sizes(model.config, translator.batch_size, translator.decode_shapes)}
   if references:
     if streaming:  # Only now is the number of source lines known.
-      for path, stream in zip(reference_paths, references):
-        if len(stream) != len(sources):
-          raise InputError(f'{path} has {len(stream)} lines for {len(sources)} source '
-                           'sentences.')
+      _check_reference_lengths(reference_paths, references, len(sources))
     result.update(translator_lib.score(hypotheses, references))
     logging.info('%s\n%s', result['bleu_text'], result['chrf_text'])
   return result

@@ -29,6 +29,16 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
           ) / counts
 
 
+def _save_with_legend(fig, ax, path: str) -> str:
+  """Grid, legend, tight layout, then the PNG at `path`; closes the figure."""
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *, title: str,
                 ylabel: str, smoothing: int = 1, log_y: bool = False) -> Optional[str]:
   """One line per run of metric `key` against step; returns the path, or None if no data."""
@@ -45,12 +55,7 @@ def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *, titl
   ax.set(title=title, xlabel='step', ylabel=ylabel)
   if log_y:
     ax.set_yscale('log')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save_with_legend(fig, ax, path)
 
 
 def seed_mean_std(seeds: Sequence[Sequence[dict]], key: str, smoothing: int = 1
@@ -88,12 +93,7 @@ def plot_seed_bands(runs: Mapping[str, Sequence[Sequence[dict]]], key: str, path
     plt.close(fig)
     return None
   ax.set(title=title, xlabel='step', ylabel=ylabel)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save_with_legend(fig, ax, path)
 
 
 def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]], path: str,
@@ -119,12 +119,7 @@ def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]
   ax.set_xscale('log')
   ax.set(title=title + ' (x: diverged)', xlabel='peak learning rate',
          ylabel='final validation loss')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save_with_legend(fig, ax, path)
 
 
 def plot_training_run(workdir: str, rows: Sequence[dict]) -> list[str]:
