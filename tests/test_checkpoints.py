@@ -114,3 +114,18 @@ def test_checkpoints_without_config_json_are_claimed_by_no_config(bible_config, 
 def test_load_config_of_a_folder_that_is_no_workdir(tmp_path):
   with pytest.raises(cli.UserError, match='is not a training workdir'):
     checkpoints.load_config(str(tmp_path))
+
+
+def test_a_workdir_older_than_added_fields_loads_and_resumes(bible_config, tmp_path):
+  """config.json written before ADDED_FIELDS existed: they read as what that run did."""
+  recorded = config_utils.to_dict(bible_config)
+  del recorded['max_train_pairs'], recorded['model']['positions']
+  with open(tmp_path / checkpoints.CONFIG_FILE, 'w') as f:
+    json.dump(recorded, f)
+  loaded = checkpoints.load_config(str(tmp_path))
+  assert loaded.max_train_pairs == 0 and loaded.model.positions == 'sinusoidal'
+  checkpoints.check_config(str(tmp_path), bible_config)  # The same experiment: no error.
+  changed = bible_config.copy_and_resolve_references()
+  changed.max_train_pairs = 100
+  with pytest.raises(cli.UserError, match='max_train_pairs: 0 in the workdir, 100 now'):
+    checkpoints.check_config(str(tmp_path), changed)

@@ -206,3 +206,27 @@ def test_batch_size_must_divide(tiny):
   config, tokenizer, _ = tiny
   with pytest.raises(ValueError, match='not divisible'):
     input_pipeline.make_train_iterator(config, tokenizer, process_count=3)
+
+
+def test_train_subset_is_one_fixed_sample_for_every_seed(bible_config):
+  pairs = [(f'fr {i}', f'en {i}') for i in range(1_000)]
+  picked = {}
+  for seed in (0, 1):
+    config = bible_config.copy_and_resolve_references()
+    config.seed, config.max_train_pairs = seed, 100
+    picked[seed] = input_pipeline.train_subset(config, pairs)
+  assert picked[0] == picked[1]  # The data is the same; only init, dropout and order differ.
+  indices = [int(fr.split()[1]) for fr, _ in picked[0]]
+  assert len(set(indices)) == 100 and indices == sorted(indices)  # Distinct, corpus order.
+  assert 300 < np.mean(indices) < 700  # Drawn from the whole corpus, not its head.
+  config.max_train_pairs = 0
+  assert input_pipeline.train_subset(config, pairs) == pairs
+  config.max_train_pairs = 1_001
+  with pytest.raises(input_pipeline.cli.UserError, match='exceeds the 1000 pairs'):
+    input_pipeline.train_subset(config, pairs)
+
+
+def test_max_train_pairs_limits_the_training_examples(bible_config, bible_tokenizer):
+  config = bible_config.copy_and_resolve_references()
+  config.max_train_pairs = 50
+  assert len(input_pipeline.train_examples(config, bible_tokenizer)) <= 50

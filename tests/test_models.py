@@ -299,3 +299,16 @@ def test_model_config_rejects_unknown_and_missing_fields():
     models.ModelConfig.from_config(bad)
   with pytest.raises(ValueError, match='Unknown norm'):
     dataclasses.replace(models.ModelConfig.from_config(model_config), norm='layernorm')
+
+
+def test_without_positions_the_encoder_is_blind_to_word_order():
+  """Attention is permutation-equivariant: with positions='none', permuting the source words
+  permutes the encoder's outputs the same way; the sinusoidal table breaks that symmetry."""
+  source = SRC[:1, :4]  # Four real tokens, no padding.
+  order = jnp.array([2, 0, 3, 1])
+  for positions, equivariant in (('none', True), ('sinusoidal', False)):
+    model = Transformer(no_dropout(tiny_config(positions=positions)))
+    variables = model.init(jax.random.key(0), source, TGT[:1], train=False)
+    encoded = model.apply(variables, source, method=Transformer.encode)
+    permuted = model.apply(variables, source[:, order], method=Transformer.encode)
+    assert np.allclose(permuted, encoded[:, order], atol=1e-5) == equivariant, positions

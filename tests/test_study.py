@@ -5,6 +5,8 @@ import math
 import os
 import re
 
+import pytest
+
 import conftest
 from transformer import metrics as metrics_lib
 from transformer import study
@@ -62,3 +64,22 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   assert os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl')) == mtime
   with open(again) as f:
     assert table_rows(f.read()) == rows
+
+
+def test_report_refuses_runs_of_two_code_versions(tmp_path):
+  from transformer import cli, report  # pylint: disable=g-import-not-at-top
+  for name, version in (('baseline', 'code-aaaa'), ('pre_ln', 'code-bbbb')):
+    run_dir = tmp_path / name / 'seed_0'
+    run_dir.mkdir(parents=True)
+    (run_dir / study.RESULT_FILE).write_text(json.dumps(
+        {'code_version': version, 'diverged': False, 'bleu': 1.0}))
+  with pytest.raises(cli.UserError, match='code-aaaa: 1 runs.*code-bbbb: 1 runs'):
+    report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
+
+
+def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_path):
+  from transformer import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / study.RESULT_FILE).write_text(json.dumps(
+      {'code_version': 'code-0000', 'num_train_steps': bible_config.num_train_steps}))
+  with pytest.raises(cli.UserError, match='finished by code code-0000'):
+    study.run_one(bible_config, str(tmp_path))

@@ -41,6 +41,10 @@ RESUMABLE_FIELDS = frozenset({
 })
 
 
+# Fields added to configs/base.py after runs were trained, with the value that reproduces what
+# such a run did: a workdir whose config.json lacks them still resumes and decodes.
+ADDED_FIELDS = {'max_train_pairs': 0, 'model.positions': 'sinusoidal'}
+
 VOCABULARY_FILE = 'vocabulary.model'
 # config.json's record of the workdir's vocabulary; not a config field.
 VOCABULARY_KEY = 'vocabulary'
@@ -52,11 +56,19 @@ def _sha256(path: str) -> str:
 
 
 def _read_config_file(workdir: str) -> Optional[dict]:
+  """config.json as a dict, with ADDED_FIELDS filled in where it predates them."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    recorded = json.load(f)
+  for dotted, value in ADDED_FIELDS.items():
+    *parents, name = dotted.split('.')
+    node = recorded
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node.setdefault(name, value)
+  return recorded
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

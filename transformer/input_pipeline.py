@@ -56,6 +56,9 @@ FEATURES = tuple(_RENAME.values())
 # for the cores (benchmarks/loop_speed.py: 6x less host time per batch without it). The
 # batches and the iterator's checkpoint state are the same either way.
 _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+# Seeds the permutation that picks config.max_train_pairs pairs; apart from config.seed, so
+# that every seed and variant of a study trains on the same subset.
+_SUBSET_SEED = 20_170_612
 
 
 def prepare(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
@@ -136,8 +139,11 @@ def _pack_and_batch(dataset: grain.IterDataset, config: ml_collections.ConfigDic
 
 def train_examples(config: ml_collections.ConfigDict,
                    tokenizer: tokenizer_lib.Tokenizer) -> list[dict[str, np.ndarray]]:
-  """The tokenized training pairs that fit their rows (eos included); the others are counted."""
-  examples = tokenize_pairs(load_pairs(config, 'train'), tokenizer)
+  """The tokenized training pairs that fit their rows (eos included); the others are counted.
+
+  With config.max_train_pairs > 0, only that many pairs, a fixed random subset (train_subset).
+  """
+  examples = tokenize_pairs(train_subset(config, load_pairs(config, 'train')), tokenizer)
   lengths = _row_lengths(config)
   kept = [e for e in examples if all(len(e[k]) <= n for k, n in lengths.items())]
   logging.info('%s train: %d pairs, %d skipped as longer than %d source or %d target tokens.',
@@ -147,6 +153,20 @@ def train_examples(config: ml_collections.ConfigDict,
     raise cli.UserError(f'No training pair of {config.dataset_name} fits in max_length '
                      f'{config.max_length} and max_target_length {config.max_target_length}.')
   return kept
+
+
+def train_subset(config: ml_collections.ConfigDict,
+                 pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+  """config.max_train_pairs of `pairs` drawn without replacement, in corpus order (0: all)."""
+  wanted = config.max_train_pairs
+  if not wanted:
+    return pairs
+  if wanted > len(pairs):
+    raise cli.UserError(f'config.max_train_pairs={wanted} exceeds the {len(pairs)} pairs of '
+                        f'the {config.dataset_name} train split; give at most {len(pairs)} '
+                        '(or 0 for all).')
+  chosen = np.random.default_rng(_SUBSET_SEED).permutation(len(pairs))[:wanted]
+  return [pairs[i] for i in sorted(chosen)]
 
 
 def measured_fill(config: ml_collections.ConfigDict, examples: list[dict[str, np.ndarray]],

@@ -39,6 +39,7 @@ class ModelConfig:
   qkv_dim: int
   mlp_dim: int
   max_len: int
+  positions: str
   dropout_rate: float
   attention_dropout_rate: float
   activation_dropout_rate: float
@@ -56,6 +57,8 @@ class ModelConfig:
       raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}.")
     if self.residual not in RESIDUALS:
       raise ValueError(f'Unknown residual {self.residual!r}; expected one of {RESIDUALS}.')
+    if self.positions not in POSITIONS:
+      raise ValueError(f'Unknown positions {self.positions!r}; expected one of {POSITIONS}.')
     if self.attention_impl not in ('xla', 'einsum'):
       raise ValueError(f"attention_impl must be 'xla' or 'einsum', got {self.attention_impl!r}.")
     if self.qkv_dim % self.num_heads or self.emb_dim % 2:
@@ -79,6 +82,9 @@ class ModelConfig:
 
 
 RESIDUALS = ('identity', 'deep_norm', 'rezero')
+# 'none' leaves the encoder blind to word order (attention is permutation-invariant); the
+# decoder still sees its own prefix length through the causal mask.
+POSITIONS = ('sinusoidal', 'none')
 DTYPES = ('auto', 'float32', 'bfloat16')
 
 
@@ -376,14 +382,19 @@ class Transformer(nn.Module):
     return [getattr(self, f'{stack}_layer_{i}') for i in range(self.config.num_layers)]
 
   def _embed(self, tokens, positions, *, train: bool):
-    """Token embedding * sqrt(d) + sinusoidal position, then dropout (Vaswani et al. 3.4)."""
+    """Token embedding * sqrt(d) + sinusoidal position, then dropout (Vaswani et al. 3.4).
+
+    With positions='none' the position term is left out (the learner's "how does it know
+    word order?" run in the study).
+    """
     cfg = self.config
     if tokens.shape[1] > cfg.max_len:
       raise ValueError(f'Length {tokens.shape[1]} exceeds max_len {cfg.max_len}.')
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     x = self.shared_embedding(tokens) * jnp.sqrt(cfg.emb_dim).astype(cfg.compute_dtype)
-    x = x + sinusoidal_positions(positions, cfg.emb_dim).astype(cfg.compute_dtype)
+    if cfg.positions == 'sinusoidal':
+      x = x + sinusoidal_positions(positions, cfg.emb_dim).astype(cfg.compute_dtype)
     return self.embedding_dropout(x, deterministic=not train)
 
   def _logits(self, y):

@@ -13,6 +13,7 @@ import statistics
 from typing import Sequence
 
 
+from transformer import cli
 from transformer import metrics as metrics_lib
 from transformer import plots
 
@@ -51,7 +52,26 @@ def _load_run(run_dir: str) -> dict:
       'wall_seconds': walls[-1] if walls else math.nan,
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
+      'code_version': result.get('code_version', 'unrecorded'),
+      'git_commit': result.get('git_commit', 'unrecorded'),
+      'finished': bool(result),
   }
+
+
+def check_one_code_version(groups: dict[str, list[dict]]) -> str:
+  """The code version of every finished run; a mix of versions is refused."""
+  versions = {}
+  for runs in groups.values():
+    for run in runs:
+      if run['finished']:
+        versions.setdefault(run['code_version'], []).append(run['dir'])
+  if len(versions) > 1:
+    listing = '; '.join(f'{version}: {len(dirs)} runs (e.g. {dirs[0]})'
+                        for version, dirs in sorted(versions.items()))
+    raise cli.UserError('The runs were trained by different code, so one table would compare '
+                        f'code as well as variants: {listing}. Retrain the older runs in a new '
+                        'experiment_dir.')
+  return next(iter(versions), 'unrecorded')
 
 
 def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:
@@ -105,6 +125,7 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
                  ablations: Sequence[str] = ()) -> str:
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path."""
   groups = _group(experiment_dir, list(variants) + list(ablations))
+  code_version = check_one_code_version(groups)
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
   first_eval = min((int(plots.series(r['rows'], 'eval/loss')[0][0]) for r in finished
                     if len(plots.series(r['rows'], 'eval/loss')[0])), default=0)
@@ -117,7 +138,9 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
               f"{config['model']['num_layers']}+{config['model']['num_layers']} layers, "
               f"{config['num_train_steps']} steps, {config['lr_schedule']} schedule with "
               f"{config['warmup_steps']} warm-up steps. Seeds per variant: "
-              f"{max(len(groups[v]) for v in variants)}.", '']
+              f"{max(len(groups[v]) for v in variants)}. Code version {code_version} "
+              "(provenance.code_version: the training code and library versions; every run "
+              "has it).", '']
   lines += [
       f'Early loss: the validation loss at the first evaluation (step {first_eval}), a measure '
       'of how fast a variant starts; best loss: the lowest of all evaluations. Wall time is '

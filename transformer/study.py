@@ -20,6 +20,7 @@ import ml_collections
 
 import configs
 from transformer import checkpoints
+from transformer import cli
 from transformer import config_checks
 from transformer import config_utils
 from transformer import datasets
@@ -27,6 +28,7 @@ from transformer import flops
 from transformer import inference
 from transformer import input_pipeline
 from transformer import models
+from transformer import provenance
 from transformer import report
 from transformer import training
 from transformer import translator as translator_lib
@@ -63,15 +65,27 @@ def variant_names() -> list[str]:
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) one run, then decodes its best checkpoint on the test split."""
+  """Trains (or resumes) one run, then decodes its best checkpoint on the test split.
+
+  A finished run is skipped if this code trained it (provenance.code_version); one of
+  other code is refused, since the report could not put the two in one table.
+  """
   result_path = os.path.join(workdir, RESULT_FILE)
+  version = provenance.code_version()
   if os.path.exists(result_path):
     with open(result_path) as f:
       result = json.load(f)
+    if result.get('code_version') != version:
+      trained_by = result.get('code_version', 'of an unrecorded version')
+      raise cli.UserError(
+          f'{workdir} was finished by code {trained_by}, this checkout is {version}: one '
+          'study holds runs of one code version. Give a new --experiment_dir (or move that '
+          'run away to retrain it).')
     if result.get('num_train_steps') == config.num_train_steps:
       logging.info('%s is done; skipping.', workdir)
       return result
-  result = {'num_train_steps': config.num_train_steps}
+  result = {'num_train_steps': config.num_train_steps, 'code_version': version,
+            'git_commit': provenance.git_commit()}
   started = time.perf_counter()
   try:
     training.train_and_evaluate(config, workdir)
