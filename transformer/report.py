@@ -53,7 +53,6 @@ def _load_run(run_dir: str) -> dict:
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
       'code_version': result.get('code_version', 'unrecorded'),
-      'git_commit': result.get('git_commit', 'unrecorded'),
       'finished': bool(result),
   }
 
