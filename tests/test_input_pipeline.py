@@ -230,3 +230,18 @@ def test_max_train_pairs_limits_the_training_examples(bible_config, bible_tokeni
   config = bible_config.copy_and_resolve_references()
   config.max_train_pairs = 50
   assert len(input_pipeline.train_examples(config, bible_tokenizer)) <= 50
+
+
+def test_train_eval_pairs_are_trained_pairs_as_many_as_validation(bible_config, monkeypatch):
+  splits = {'train': [(f'fr {i}', f'en {i}') for i in range(5_000)],
+            'validation': [(f'fr v{i}', f'en v{i}') for i in range(300)]}
+  monkeypatch.setattr(input_pipeline, 'load_pairs', lambda config, split: splits[split])
+  config = bible_config.copy_and_resolve_references()
+  config.max_train_pairs = 2_000
+  trained = input_pipeline.train_subset(config, splits['train'])
+  scored = input_pipeline.eval_pairs(config, 'train')
+  assert len(scored) == len(splits['validation'])
+  positions = [trained.index(pair) for pair in scored]  # Each is a pair the model trains on,
+  assert positions == sorted(set(positions))  # once, in corpus order,
+  assert positions[0] == 0 and positions[-1] == len(trained) - 1  # spread over all of them.
+  assert input_pipeline.eval_pairs(config, 'validation') == splits['validation']

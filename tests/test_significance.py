@@ -40,6 +40,29 @@ def test_paired_bootstrap_deltas_are_sacrebleu_corpus_differences():
   assert lo < results['better']['bleu'] < hi
 
 
+def test_delta_interval_is_over_paired_resamples():
+  """The interval of the difference: resample k scores the same sentences for both systems.
+
+  Reference: sacreBLEU's resample indices (default_rng(12345), as its paired test draws
+  them), each resample scored by sacrebleu.corpus_bleu.
+  """
+  baseline, better = degrade(REFERENCES, 2), degrade(REFERENCES, 7, seed=1)
+  samples = 80
+  result = significance.paired_bootstrap(baseline, {'better': better}, REFERENCES,
+                                         samples=samples)['better']
+  idxs = np.random.default_rng(12345).choice(len(REFERENCES), size=(samples, len(REFERENCES)))
+  pick = lambda sentences, idx: [sentences[i] for i in idx]
+  deltas = np.sort([
+      sacrebleu.corpus_bleu(pick(better, idx), [pick(REFERENCES, idx)]).score -
+      sacrebleu.corpus_bleu(pick(baseline, idx), [pick(REFERENCES, idx)]).score
+      for idx in idxs])
+  np.testing.assert_allclose([result['delta_low'], result['delta_high']],
+                             [deltas[samples // 40], deltas[samples - samples // 40 - 1]],
+                             atol=1e-3)
+  assert result['delta_low'] < result['delta'] < result['delta_high']
+  assert result['delta_low'] > 0  # p < 0.05 above, so the interval excludes 0.
+
+
 def test_mean_std():
   assert significance.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
   assert significance.mean_std([4.0]) == (4.0, 0.0)

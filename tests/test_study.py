@@ -16,11 +16,15 @@ TINY = {**conftest.TINY, 'num_train_steps': 4, 'warmup_steps': 2, 'eval_every_st
         'model.max_len': 64}
 
 
-def table_rows(report: str) -> dict[str, list[str]]:
-  rows = {}
-  for line in report.splitlines():
+def table_rows(report: str, section: str = '## The variants') -> dict[str, list[str]]:
+  """{first cell: cells} of the first table after the heading `section`."""
+  rows, lines = {}, report.split(section, 1)[1].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith('| '))
+  for line in lines[start:]:
+    if not line.startswith('|'):
+      break
     cells = [c.strip() for c in line.strip('|').split('|')]
-    if line.startswith('| ') and cells[0] not in ('variant',) and not set(cells[0]) <= {'-'}:
+    if cells[0] != 'variant' and not set(cells[0]) <= {'-'}:
       rows[cells[0]] = cells
   return rows
 
@@ -34,7 +38,7 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
                       if split == 'test' else real_load_pairs(config, split))
   overrides = {**TINY, 'data_dir': bible_config.data_dir}
   path = study.run_study('small', str(tmp_path), variants=['baseline', 'pre_ln'],
-                         ablations=False, overrides=overrides)
+                         lr_grid=False, learner=False, overrides=overrides)
   with open(path) as f:
     report = f.read()
   rows = table_rows(report)
@@ -44,14 +48,17 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
     metrics = metrics_lib.read_metrics(run_dir)
     with open(os.path.join(run_dir, study.RESULT_FILE)) as f:
       result = json.load(f)
-    assert float(cells[1]) == round(result['bleu'], 2)
-    assert float(cells[2]) == round(result['chrf'], 2)
-    eval_losses = [r['eval/loss'] for r in metrics if 'eval/loss' in r]
-    assert math.isclose(float(cells[3]), round(min(eval_losses), 2))
-    assert math.isclose(float(cells[4]), round(eval_losses[0], 2))
-    assert int(cells[7].replace(',', '')) == next(
+    assert cells[1] == '1'
+    assert float(cells[2]) == round(result['bleu'], 2)
+    assert float(cells[4]) == round(result['chrf'], 2)
+    evals = [r for r in metrics if 'eval/loss' in r]
+    best = min(evals, key=lambda r: r['eval/loss'])
+    assert cells[5] == f"{best['eval/loss']:.3f} ({best['step']})"
+    assert float(cells[6]) == round(evals[0]['eval/loss'], 3)
+    assert float(cells[7]) == round(evals[-1]['eval/loss'] - evals[-1]['eval/train_loss'], 3)
+    assert int(cells[10].replace(',', '')) == next(
         r['params/count'] for r in metrics if 'params/count' in r)
-    assert int(cells[6]) == 0
+    assert int(cells[9]) == 0
     assert [r['step'] for r in metrics if 'eval/bleu' in r] == [2, 4]
   assert result['bleu_signature'] in report
   for plot in re.findall(r'\]\((plots/[^)]+)\)', report):
@@ -60,7 +67,7 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   # Run again: every run is finished, so nothing trains and the report is the same.
   mtime = os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl'))
   again = study.run_study('small', str(tmp_path), variants=['baseline', 'pre_ln'],
-                          ablations=False, overrides=overrides)
+                          lr_grid=False, learner=False, overrides=overrides)
   assert os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl')) == mtime
   with open(again) as f:
     assert table_rows(f.read()) == rows
@@ -83,3 +90,31 @@ def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_p
       {'code_version': 'code-0000', 'num_train_steps': bible_config.num_train_steps}))
   with pytest.raises(cli.UserError, match='finished by code code-0000'):
     study.run_one(bible_config, str(tmp_path))
+
+
+def test_run_configs_regime_seeds_learner_runs_and_grid():
+  runs = study.run_configs('small', seeds=3, overrides={'eval_batch_size': 8})
+  variants = [f'{name}/seed_{s}' for s in range(3) for name in study.STUDY_VARIANTS]
+  grid = [k for k in runs if k.startswith('lr_grid/')]
+  assert [k for k in runs if not k.startswith(('lr_grid/', 'learner/'))] == variants
+  assert list(runs).index('learner/all_pairs/seed_0') < list(runs).index('baseline/seed_1')
+  for name in variants:
+    config = runs[name]
+    assert config.seed == int(name[-1]) and config.eval_batch_size == 8
+    for field, value in study.REGIMES['small'].items():
+      assert config[field] == value  # Every variant: the same data and budget in steps.
+  assert runs['learner/no_positions/seed_0'].model.positions == 'none'
+  assert runs['learner/all_pairs/seed_0'].max_train_pairs == 0
+  assert len(grid) == len(study.LR_GRID_VARIANTS) * len(study.LR_GRID_FACTORS) * 2
+  rates = {}
+  for name in grid:
+    config = runs[name]
+    variant = name.split('/')[1].split('_lr')[0]
+    assert config.num_train_steps == study.REGIMES['small']['num_train_steps'] // 4
+    assert config.eval_every_steps == config.num_train_steps  # One evaluation, at the end.
+    assert (config.warmup_steps == 0) == name.endswith('_no_warmup/seed_0')
+    rates.setdefault(variant, set()).add(config.learning_rate)
+  for variant, found in rates.items():
+    assert max(found) / min(found) >= 8 and len(found) >= 4, variant
+  # Full scale trains on every pair already: its all-pairs run would repeat the baseline.
+  assert not any(k.startswith('learner/all_pairs') for k in study.run_configs('full'))

@@ -226,6 +226,21 @@ def _pad_rows(batch: Batch, rows: int) -> Batch:
   return {k: np.pad(v, ((0, rows - len(v)), (0, 0))) for k, v in batch.items()}
 
 
+def eval_pairs(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
+  """The pairs an evaluation pass scores: the split's; for 'train', pairs the model trains on.
+
+  For 'train': as many pairs as the validation split has, evenly spaced through the
+  training subset (train_subset), so the training loss without dropout or smoothing is
+  measured on as many sentences as the validation loss: their difference is the
+  generalization gap.
+  """
+  if split != 'train':
+    return load_pairs(config, split)
+  pairs = train_subset(config, load_pairs(config, 'train'))
+  wanted = min(len(load_pairs(config, 'validation')), len(pairs))
+  return [pairs[i] for i in np.linspace(0, len(pairs) - 1, wanted).astype(int)]
+
+
 def make_eval_iterator(config: ml_collections.ConfigDict,
                        tokenizer: tokenizer_lib.Tokenizer,
                        split: str,
@@ -242,7 +257,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict,
   """
   rows = _check_batch_size(config, process_count)
   lengths = _row_lengths(config)
-  examples = tokenize_pairs(load_pairs(config, split), tokenizer)
+  examples = tokenize_pairs(eval_pairs(config, split), tokenizer)
   truncated = 0
   for e in examples:
     for key, length in lengths.items():

@@ -96,6 +96,41 @@ def plot_seed_bands(runs: Mapping[str, Sequence[Sequence[dict]]], key: str, path
   return _save_with_legend(fig, ax, path)
 
 
+def plot_train_val_panels(runs: Mapping[str, Sequence[Sequence[dict]]], path: str
+                          ) -> Optional[str]:
+  """One panel per run name: training and validation loss (mean over seeds, ±1 std band).
+
+  Both are the evaluation's plain cross-entropy (no dropout, no smoothing), the training one
+  on as many training pairs as the validation split has: the space between the curves is
+  the generalization gap a regularizer should close.
+  """
+  named = {name: seeds for name, seeds in runs.items() if seeds}
+  if not named:
+    return None
+  columns = min(4, len(named))
+  rows = -(-len(named) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True,
+                           sharey=True, squeeze=False)
+  for ax, (name, seeds) in zip(axes.flat, named.items()):
+    for key, label in (('eval/train_loss', 'train'), ('eval/loss', 'validation')):
+      steps, mean, std, count = seed_mean_std(seeds, key)
+      if len(steps):
+        (line,) = ax.plot(steps, mean, label=label, linewidth=1.2)
+        if count > 1:
+          ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_title(name, fontsize=9)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(named):]:
+    ax.set_visible(False)
+  axes.flat[0].legend(fontsize=8)
+  fig.supxlabel('step')
+  fig.supylabel('cross-entropy')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]], path: str,
                         *, title: str) -> Optional[str]:
   """Final validation loss against peak learning rate, one line per variant (log x).

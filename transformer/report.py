@@ -1,58 +1,96 @@
-"""REPORT.md for a study directory: the variant table, curves, and a reading of them.
+"""REPORT.md for a study directory: the regime, the variant table with its statistics, the
+learning-rate grid, curves, and a reading of them.
 
 Every number in the report is computed here from files the runs wrote (metrics.jsonl,
-test_result.json, config.json); nothing is typed in by hand. The sentences that compare
-with the literature are computed too, so they say "agrees" only when the numbers do.
+test_result.json, config.json, test hypotheses); nothing is typed in by hand. The sentences
+that compare with the literature follow significance.VERDICT_RULE, so they say "agrees" only
+when both the seeds and the test set's resampling do.
 """
 
+import dataclasses
 import glob
 import json
 import math
 import os
-import statistics
-from typing import Sequence
+from typing import Optional, Sequence
 
+import numpy as np
 
 from transformer import cli
 from transformer import metrics as metrics_lib
 from transformer import plots
+from transformer import significance
 
 ATTENTION_DIR = os.path.join('plots', 'attention')  # Written by study.write_attention_maps.
+TEST_REFERENCES = 'test_references.en'  # Written by study.write_test_references.
+HYPOTHESES = 'test_hypotheses.en'  # Written by study.run_one (the best checkpoint's).
+# The baseline has begun to over-fit when its best validation loss comes before this
+# fraction of its budget (issue 18's requirement for a regime where regularizers can act).
+OVERFIT_BEFORE = 0.75
 
-LITERATURE = {
-    'pre_ln': ('Pre-LN trains faster early on (Xiong et al. 2020)',
-               lambda r, b: r['early_eval_loss'] < b['early_eval_loss']),
-    'batch_norm': ('BatchNorm translates worse than LayerNorm (Shen et al. 2020)',
-                   lambda r, b: r['bleu'] < b['bleu']),
-    'no_dropout': ('Without dropout a small corpus overfits: lower BLEU (Vaswani et al. 2017)',
-                   lambda r, b: r['bleu'] < b['bleu']),
-    'label_smoothing': ('Label smoothing raises BLEU (Vaswani et al. 2017; Müller et al. 2019)',
-                        lambda r, b: r['bleu'] > b['bleu']),
-    'r_drop': ('R-Drop raises BLEU (Liang et al. 2021)', lambda r, b: r['bleu'] > b['bleu']),
-    'rezero': ('ReZero trains faster early on than post-LN (Bachlechner et al. 2020)',
-               lambda r, b: r['early_eval_loss'] < b['early_eval_loss']),
-}
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """A result from the literature, as the sign of (variant - baseline) of one measure."""
+  variant: str
+  text: str
+  measure: str  # 'bleu' (bootstrap and seeds), 'early_eval_loss' or 'gap' (seeds only).
+  sign: int
+
+
+LITERATURE = (
+    Claim('pre_ln', 'Pre-LN trains faster early on (Xiong et al. 2020)', 'early_eval_loss', -1),
+    Claim('rezero', 'ReZero trains faster early on than post-LN (Bachlechner et al. 2020)',
+          'early_eval_loss', -1),
+    Claim('batch_norm', 'BatchNorm translates worse than LayerNorm (Shen et al. 2020)',
+          'bleu', -1),
+    Claim('no_dropout', 'Without dropout a small corpus over-fits: lower BLEU (Vaswani et al. '
+          '2017; Sennrich & Zhang 2019)', 'bleu', -1),
+    Claim('no_dropout', 'Without dropout the gap between validation and training loss grows '
+          '(Srivastava et al. 2014)', 'gap', +1),
+    Claim('strong_dropout', 'More dropout helps a small corpus: higher BLEU (Sennrich & Zhang '
+          '2019)', 'bleu', +1),
+    Claim('strong_dropout', 'More dropout narrows the validation-training gap (Srivastava et '
+          'al. 2014)', 'gap', -1),
+    Claim('label_smoothing', 'Label smoothing raises BLEU (Vaswani et al. 2017; Müller et al. '
+          '2019)', 'bleu', +1),
+    Claim('r_drop', 'R-Drop raises BLEU (Liang et al. 2021)', 'bleu', +1),
+)
+MEASURE_NAMES = {'bleu': 'test BLEU', 'early_eval_loss': 'early validation loss',
+                 'gap': 'final validation - training loss'}
+
+
+def _last(rows: Sequence[dict], key: str) -> float:
+  _, values = plots.series(rows, key)
+  return float(values[-1]) if len(values) else math.nan
 
 
 def _load_run(run_dir: str) -> dict:
   rows = metrics_lib.read_metrics(run_dir)
   result_path = os.path.join(run_dir, 'test_result.json')
   result = json.load(open(result_path)) if os.path.exists(result_path) else {}
-  _, eval_loss = plots.series(rows, 'eval/loss')
+  config_path = os.path.join(run_dir, 'config.json')
+  config = json.load(open(config_path)) if os.path.exists(config_path) else {}
+  eval_steps, eval_loss = plots.series(rows, 'eval/loss')
   params = [row['params/count'] for row in rows if 'params/count' in row]
   walls = [row['time/wall_seconds'] for row in rows if 'time/wall_seconds' in row]
   skipped = [row['eval/nonfinite_total'] for row in rows if 'eval/nonfinite_total' in row]
+  hypotheses = os.path.join(run_dir, HYPOTHESES)
   return {
-      'dir': run_dir, 'rows': rows, 'diverged': result.get('diverged', False),
+      'dir': run_dir, 'rows': rows, 'config': config, 'diverged': result.get('diverged', False),
       'bleu': result.get('bleu', math.nan), 'chrf': result.get('chrf', math.nan),
       'bleu_signature': result.get('bleu_signature', ''),
       'best_eval_loss': float(eval_loss.min()) if len(eval_loss) else math.nan,
+      'best_step': int(eval_steps[eval_loss.argmin()]) if len(eval_loss) else 0,
       'early_eval_loss': float(eval_loss[0]) if len(eval_loss) else math.nan,
+      'final_eval_loss': float(eval_loss[-1]) if len(eval_loss) else math.nan,
+      'gap': _last(rows, 'eval/loss') - _last(rows, 'eval/train_loss'),
       'params': int(params[0]) if params else 0,
       'wall_seconds': walls[-1] if walls else math.nan,
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
       'code_version': result.get('code_version', 'unrecorded'),
+      'hypotheses': hypotheses if os.path.exists(hypotheses) else None,
       'finished': bool(result),
   }
 
@@ -71,6 +109,219 @@ def check_one_code_version(groups: dict[str, list[dict]]) -> str:
                         f'code as well as variants: {listing}. Retrain the older runs in a new '
                         'experiment_dir.')
   return next(iter(versions), 'unrecorded')
+
+
+def _group(experiment_dir: str, names: Sequence[str]) -> dict[str, list[dict]]:
+  """{name: its finished runs, seed order}; an unfinished run is not reported yet."""
+  groups = {}
+  for name in names:
+    dirs = sorted(glob.glob(os.path.join(experiment_dir, name, 'seed_*')),
+                  key=lambda d: int(d.rsplit('_', 1)[1]))
+    groups[name] = [run for run in map(_load_run, dirs) if run['finished']]
+  return groups
+
+
+def _fmt(values: Sequence[float], digits: int = 2) -> str:
+  return significance.format_mean_std([v for v in values if not math.isnan(v)], digits)
+
+
+def _by_seed(runs: Sequence[dict]) -> dict[int, dict]:
+  return {int(r['dir'].rsplit('_', 1)[1]): r for r in runs if not r['diverged']}
+
+
+def _bootstrap(groups: dict[str, list[dict]], references: Optional[list[str]]
+               ) -> dict[str, dict[int, dict]]:
+  """{variant: {seed: paired bootstrap against the baseline's same seed}} on the test split."""
+  if not references or not groups.get('baseline'):
+    return {}
+  out = {}
+  for seed, base in _by_seed(groups['baseline']).items():
+    if not base['hypotheses']:
+      continue
+    systems = {}
+    for name, runs in groups.items():
+      run = _by_seed(runs).get(seed)
+      if name != 'baseline' and run and run['hypotheses']:
+        systems[name] = _read_lines(run['hypotheses'])
+    if systems:
+      tested = significance.paired_bootstrap(_read_lines(base['hypotheses']), systems,
+                                             references)
+      for name in systems:
+        out.setdefault(name, {})[seed] = tested[name]
+  return out
+
+
+def _read_lines(path: str) -> list[str]:
+  with open(path) as f:
+    return f.read().splitlines()
+
+
+def _deltas(groups: dict[str, list[dict]], name: str, measure: str) -> list[float]:
+  """Per seed present in both: variant - baseline of `measure`."""
+  base, runs = _by_seed(groups.get('baseline', [])), _by_seed(groups.get(name, []))
+  return [runs[s][measure] - base[s][measure] for s in sorted(runs) if s in base]
+
+
+def _regime_lines(groups: dict[str, list[dict]]) -> list[str]:
+  """Whether the baseline has begun to over-fit: where its best validation loss came."""
+  runs = [r for r in groups.get('baseline', []) if not r['diverged']]
+  if not runs:
+    return []
+  budget = runs[0]['config'].get('num_train_steps') or max(
+      int(plots.series(r['rows'], 'eval/loss')[0][-1]) for r in runs)
+  fractions = [r['best_step'] / budget for r in runs]
+  holds = all(f < OVERFIT_BEFORE for f in fractions)
+  config = runs[0]['config']
+  subset = config.get('max_train_pairs') or 'all'
+  return [
+      '## The regime', '',
+      f"Every run trains {budget:,} steps on {subset} training pairs of "
+      f"`{config.get('dataset_name')}`. The baseline's best validation loss came at step "
+      f"{', '.join(str(r['best_step']) for r in runs)} (seed by seed; "
+      f"{_fmt([100 * f for f in fractions], 0)}% of the budget); from there to the end its "
+      f"validation loss rose by {_fmt([r['final_eval_loss'] - r['best_eval_loss'] for r in runs], 3)} "
+      f"while its training loss fell to {_fmt([_last(r['rows'], 'eval/train_loss') for r in runs], 3)} "
+      f"(both without dropout). " + (
+          f'The best came before the last quarter in every seed: the baseline has begun to '
+          f'over-fit, so a regularizer has something to act on, and normalization still shows '
+          f'in the first evaluations.' if holds else
+          f'**The best did not come before {OVERFIT_BEFORE:.0%} of the budget in every seed: '
+          f'the baseline has not begun to over-fit, so regularizers are read in a regime '
+          f'where they can only slow training. Train longer or on fewer pairs.**'), '']
+
+
+def _variant_table(groups: dict[str, list[dict]], first_eval: int) -> list[str]:
+  lines = [
+      f'Mean ± standard deviation over seeds. Early loss: validation loss at the first '
+      f'evaluation (step {first_eval}), how fast a variant starts; best loss: the lowest '
+      'evaluation (its step in brackets); gap: validation minus training loss at the end, both '
+      'measured without dropout or smoothing on as many sentences (what regularization should '
+      "close); ΔBLEU: against the baseline's same seed. Wall time is the training loop's own "
+      'clock on a machine other jobs may share: compare it only roughly.', '',
+      '| variant | seeds | test BLEU | ΔBLEU | chrF | best val loss | early val loss | gap '
+      '| wall time (min) | skipped steps | params |',
+      '|---|---|---|---|---|---|---|---|---|---|---|']
+  for name, runs in groups.items():
+    if not runs:
+      continue
+    good = [r for r in runs if not r['diverged']]
+    diverged = len(runs) - len(good)
+    delta = '–' if name == 'baseline' else _fmt(_deltas(groups, name, 'bleu'))
+    lines.append(
+        f"| {name} | {len(runs)}{f' ({diverged} diverged)' if diverged else ''} "
+        f"| {_fmt([r['bleu'] for r in good])} | {delta} | {_fmt([r['chrf'] for r in good])} "
+        f"| {_fmt([r['best_eval_loss'] for r in good], 3)} "
+        f"({', '.join(str(r['best_step']) for r in good)}) "
+        f"| {_fmt([r['early_eval_loss'] for r in good], 3)} "
+        f"| {_fmt([r['gap'] for r in good], 3)} "
+        f"| {_fmt([r['wall_seconds'] / 60 for r in runs], 1)} "
+        f"| {sum(r['skipped'] for r in runs)} | {runs[0]['params']:,} |")
+  return lines
+
+
+def _bootstrap_table(tests: dict[str, dict[int, dict]]) -> list[str]:
+  if not tests:
+    return []
+  seeds = sorted({s for by_seed in tests.values() for s in by_seed})
+  lines = [
+      f'Paired bootstrap (sacreBLEU, {significance.BOOTSTRAP_SAMPLES:,} resamples of the test '
+      "split) of each variant against the baseline's same seed: ΔBLEU [95% interval], p.", '',
+      '| variant | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
+      '|---|' + '---|' * len(seeds)]
+  for name, by_seed in tests.items():
+    cells = []
+    for s in seeds:
+      t = by_seed.get(s)
+      cells.append('–' if t is None else f"{t['delta']:+.2f} [{t['delta_low']:+.2f}, "
+                   f"{t['delta_high']:+.2f}], p={t['p_value']:.3f}")
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _claim_lines(groups: dict[str, list[dict]], tests: dict[str, dict[int, dict]]
+                 ) -> list[str]:
+  lines = []
+  for claim in LITERATURE:
+    deltas = _deltas(groups, claim.variant, claim.measure)
+    if not deltas:
+      continue
+    if claim.measure == 'bleu':
+      by_seed = tests.get(claim.variant, {})
+      p_values = [by_seed[s]['p_value'] for s in sorted(by_seed)]
+      if len(p_values) < len(deltas):  # No hypotheses to resample: the rule cannot pass.
+        p_values = [1.0] * len(deltas)
+      evidence = f", bootstrap p {', '.join(f'{p:.3f}' for p in p_values)}"
+    else:
+      p_values, evidence = [], ''
+    verdict = significance.verdict(claim.sign, deltas, p_values)
+    lines.append(f'- {claim.text}: {MEASURE_NAMES[claim.measure]} of {claim.variant} minus '
+                 f"the baseline's, {_fmt(deltas, 3)} over {len(deltas)} seeds{evidence} — "
+                 f'**{verdict}**.')
+  return lines
+
+
+def _lr_grid(experiment_dir: str, names: Sequence[str]) -> dict[tuple[str, bool], list]:
+  """{(variant, warmup): [(peak rate, final validation loss, diverged)]} of the grid."""
+  points = {}
+  for name, runs in _group(experiment_dir, names).items():
+    for run in runs:
+      config = run['config']
+      variant = os.path.basename(name).split('_lr')[0]
+      key = (variant, bool(config.get('warmup_steps')))
+      points.setdefault(key, []).append(
+          (config['learning_rate'], run['final_eval_loss'], bool(run['diverged'])))
+  return {key: sorted(value) for key, value in points.items()}
+
+
+def _lr_grid_lines(points: dict[tuple[str, bool], list], plot_dir: str) -> list[str]:
+  if not points:
+    return []
+  rates = sorted({lr for pts in points.values() for lr, _, _ in pts})
+  lines = ['## Learning-rate sensitivity', '',
+           'Final validation loss after a short run (one seed), by peak learning rate, with and '
+           'without warm-up; "diverged": stopped on NaN/Inf losses.', '',
+           '| variant | warm-up | ' + ' | '.join(f'{lr:.2g}' for lr in rates) + ' |',
+           '|---|---|' + '---|' * len(rates)]
+  for (variant, warmup), pts in sorted(points.items()):
+    found = {lr: ('diverged' if bad else f'{loss:.3f}') for lr, loss, bad in pts}
+    lines.append(f"| {variant} | {'yes' if warmup else 'no'} | " +
+                 ' | '.join(found.get(lr, '–') for lr in rates) + ' |')
+  lines.append('')
+  for warmup in (True, False):
+    path = plots.plot_lr_sensitivity(
+        {variant: pts for (variant, w), pts in points.items() if w == warmup},
+        os.path.join(plot_dir, f"lr_sensitivity_{'warmup' if warmup else 'no_warmup'}.png"),
+        title=f"Final validation loss, {'with' if warmup else 'without'} warm-up")
+    if path:
+      lines.append(f'![learning-rate sensitivity](plots/{os.path.basename(path)})')
+  lines += ['', _lr_reading(points), '']
+  return lines
+
+
+def _lr_reading(points: dict[tuple[str, bool], list]) -> str:
+  """Per variant and warm-up: the rates it trained at, and how far its loss moved over them."""
+  parts = []
+  for (variant, warmup), pts in sorted(points.items()):
+    trained = [(lr, loss) for lr, loss, bad in pts if not bad]
+    what = (f"{variant} {'with' if warmup else 'without'} warm-up trained at "
+            f'{len(trained)} of {len(pts)} rates')
+    if trained:
+      losses = [loss for _, loss in trained]
+      what += (f', final loss {min(losses):.3f} at best (rate {min(trained, key=lambda t: t[1])[0]:.2g})'
+               f' to {max(losses):.3f} at worst')
+    parts.append(what)
+  return ('One seed, so the grid is read as description, not by the verdict rule: ' +
+          '; '.join(parts) + '.')
+
+
+def _layer_norms_at(rows: Sequence[dict], step: int) -> dict[str, float]:
+  """The per-layer gradient norms of the diagnostics row nearest after `step`."""
+  candidates = [row for row in rows if row['step'] >= step and any(
+      k.startswith('grad_norm/') for k in row)]
+  if not candidates:
+    return {}
+  row = candidates[0]
+  return {k[len('grad_norm/'):]: v for k, v in row.items() if k.startswith('grad_norm/')}
 
 
 def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:
@@ -95,69 +346,62 @@ def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:
   return lines
 
 
-def _mean_std(values: Sequence[float]) -> str:
-  values = [v for v in values if not math.isnan(v)]
-  if not values:
-    return 'n/a'
-  if len(values) == 1:
-    return f'{values[0]:.2f}'
-  return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
-
-
-def _group(experiment_dir: str, names: Sequence[str]) -> dict[str, list[dict]]:
-  return {name: [_load_run(d) for d in sorted(glob.glob(os.path.join(experiment_dir, name,
-                                                                      'seed_*')))]
-          for name in names}
-
-
-def _layer_norms_at(rows: Sequence[dict], step: int) -> dict[str, float]:
-  """The per-layer gradient norms of the diagnostics row nearest after `step`."""
-  candidates = [row for row in rows if row['step'] >= step and any(
-      k.startswith('grad_norm/') for k in row)]
-  if not candidates:
-    return {}
-  row = candidates[0]
-  return {k[len('grad_norm/'):]: v for k, v in row.items() if k.startswith('grad_norm/')}
+def _plots(groups: dict[str, list[dict]], plot_dir: str) -> list[tuple[str, Optional[str]]]:
+  seeds = {name: [r['rows'] for r in runs] for name, runs in groups.items() if runs}
+  made = [
+      ('Validation loss', plots.plot_seed_bands(
+          seeds, 'eval/loss', os.path.join(plot_dir, 'eval_loss.png'),
+          title='Validation loss (mean over seeds, ±1 std)', ylabel='cross-entropy')),
+      ('Validation BLEU (greedy)', plots.plot_seed_bands(
+          seeds, 'eval/bleu', os.path.join(plot_dir, 'eval_bleu.png'),
+          title='Validation BLEU, greedy (mean over seeds, ±1 std)', ylabel='BLEU')),
+      ('Training objective', plots.plot_seed_bands(
+          seeds, 'train/loss', os.path.join(plot_dir, 'train_loss.png'),
+          title='Training objective, dropout on (moving average of 50 steps)',
+          ylabel='loss', smoothing=50)),
+      ('Training vs validation loss', plots.plot_train_val_panels(
+          seeds, os.path.join(plot_dir, 'train_vs_validation.png'))),
+  ]
+  norm_runs = {n: groups[n][0] for n in ('baseline', 'pre_ln', 'deep_norm') if groups.get(n)}
+  if norm_runs:
+    warmup = next(iter(norm_runs.values()))['config'].get('warmup_steps', 0)
+    norms = {}
+    for name, run in norm_runs.items():
+      norms[f'{name} at init'] = _layer_norms_at(run['rows'], 1)
+      norms[f'{name} after warm-up'] = _layer_norms_at(run['rows'], warmup + 1)
+    norms = {k: v for k, v in norms.items() if v}
+    if norms:
+      made.append(('Per-layer gradient norms (Xiong et al. 2020, Fig. 3)', plots.plot_layer_norms(
+          norms, os.path.join(plot_dir, 'layer_grad_norms.png'),
+          title='Per-layer gradient norms at initialization and after warm-up')))
+  return made
 
 
 def write_report(experiment_dir: str, *, variants: Sequence[str],
-                 ablations: Sequence[str] = ()) -> str:
+                 lr_grid: Sequence[str] = ()) -> str:
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path."""
-  groups = _group(experiment_dir, list(variants) + list(ablations))
-  code_version = check_one_code_version(groups)
+  groups = _group(experiment_dir, variants)
+  grid_groups = _group(experiment_dir, lr_grid)
+  code_version = check_one_code_version({**groups, **grid_groups})
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
   first_eval = min((int(plots.series(r['rows'], 'eval/loss')[0][0]) for r in finished
                     if len(plots.series(r['rows'], 'eval/loss')[0])), default=0)
+  references_path = os.path.join(experiment_dir, TEST_REFERENCES)
+  references = _read_lines(references_path) if os.path.exists(references_path) else None
+  tests = _bootstrap(groups, references)
 
   lines = ['# The study: normalization and regularization in a fr→en Transformer', '']
-  config_path = glob.glob(os.path.join(experiment_dir, variants[0], 'seed_*', 'config.json'))
-  if config_path:
-    config = json.load(open(config_path[0]))
+  config = next((r['config'] for r in finished if r['config']), None)
+  if config:
     lines += [f"Scale: dataset `{config['dataset_name']}`, d_model {config['model']['emb_dim']}, "
               f"{config['model']['num_layers']}+{config['model']['num_layers']} layers, "
               f"{config['num_train_steps']} steps, {config['lr_schedule']} schedule with "
-              f"{config['warmup_steps']} warm-up steps. Seeds per variant: "
-              f"{max(len(groups[v]) for v in variants)}. Code version {code_version} "
+              f"{config['warmup_steps']} warm-up steps. Seeds per variant: up to "
+              f"{max(len(runs) for runs in groups.values())}. Code version {code_version} "
               "(provenance.code_version: the training code and library versions; every run "
               "has it).", '']
-  lines += [
-      f'Early loss: the validation loss at the first evaluation (step {first_eval}), a measure '
-      'of how fast a variant starts; best loss: the lowest of all evaluations. Wall time is '
-      "the training loop's own clock (evaluation included) on a machine other jobs may share: "
-      'compare it across runs only roughly.', '',
-      '| variant | test BLEU | chrF | best val loss | early val loss | wall time (min) '
-      '| skipped steps | params |',
-      '|---|---|---|---|---|---|---|---|']
-  for name, runs in groups.items():
-    if not runs:
-      continue
-    lines.append(
-        f"| {name}{' (diverged)' if any(r['diverged'] for r in runs) else ''} "
-        f"| {_mean_std([r['bleu'] for r in runs])} | {_mean_std([r['chrf'] for r in runs])} "
-        f"| {_mean_std([r['best_eval_loss'] for r in runs])} "
-        f"| {_mean_std([r['early_eval_loss'] for r in runs])} "
-        f"| {_mean_std([r['wall_seconds'] / 60 for r in runs])} "
-        f"| {sum(r['skipped'] for r in runs)} | {runs[0]['params']:,} |")
+  lines += _regime_lines(groups)
+  lines += ['## The variants', ''] + _variant_table(groups, first_eval)
   extra = _checkpoint_and_year_table(groups)
   if extra:
     lines += [''] + extra
@@ -165,36 +409,15 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
   if signatures:
     lines += ['', f"BLEU: sacreBLEU `{' / '.join(sorted(signatures))}`, beam search on the test "
               'split with the best-validation-BLEU checkpoint.']
+  if tests:
+    lines += [''] + _bootstrap_table(tests)
 
   plot_dir = os.path.join(experiment_dir, 'plots')
   os.makedirs(plot_dir, exist_ok=True)
-  curves = {name: runs[0]['rows'] for name, runs in groups.items() if runs}
-  made = [
-      ('Validation loss', plots.plot_curves(curves, 'eval/loss',
-                                            os.path.join(plot_dir, 'eval_loss.png'),
-                                            title='Validation loss', ylabel='cross-entropy')),
-      ('Validation BLEU (greedy)', plots.plot_curves(
-          curves, 'eval/bleu', os.path.join(plot_dir, 'eval_bleu.png'),
-          title='Validation BLEU (greedy)', ylabel='BLEU')),
-      ('Training loss', plots.plot_curves(
-          curves, 'train/loss', os.path.join(plot_dir, 'train_loss.png'),
-          title='Training loss (moving average of 50 steps)', ylabel='cross-entropy',
-          smoothing=50)),
-  ]
-  norm_runs = {n: groups[n][0] for n in ('baseline', 'pre_ln', 'deep_norm')
-               if groups.get(n)}
-  if norm_runs:
-    warmup = json.load(open(os.path.join(next(iter(norm_runs.values()))['dir'],
-                                         'config.json')))['warmup_steps']
-    norms = {}
-    for name, run in norm_runs.items():
-      norms[f'{name} at init'] = _layer_norms_at(run['rows'], 1)
-      norms[f'{name} after warm-up'] = _layer_norms_at(run['rows'], warmup + 1)
-    made.append(('Per-layer gradient norms (Xiong et al. 2020, Fig. 3)', plots.plot_layer_norms(
-        {k: v for k, v in norms.items() if v}, os.path.join(plot_dir, 'layer_grad_norms.png'),
-        title='Per-layer gradient norms at initialization and after warm-up')))
-  lines += ['', '## Plots', '']
-  lines += [f'![{title}](plots/{os.path.basename(path)})' for title, path in made if path]
+  lines += [''] + _lr_grid_lines(_lr_grid(experiment_dir, lr_grid), plot_dir)
+  lines += ['## Plots', '']
+  lines += [f'![{title}](plots/{os.path.basename(path)})'
+            for title, path in _plots(groups, plot_dir) if path]
 
   attention = sorted(glob.glob(os.path.join(experiment_dir, ATTENTION_DIR, '*.png')))
   if attention:
@@ -208,29 +431,11 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
     lines += [f'![{kind} attention]({ATTENTION_DIR}/{kind}_layer{last}_head0.png)'
               for kind in ('encoder_self', 'decoder_self', 'cross')]
 
-  lines += ['', '## Reading', '']
-  baseline = groups.get('baseline', [None])[0] if groups.get('baseline') else None
-  if baseline and not baseline['diverged']:
-    for name, (claim, holds) in LITERATURE.items():
-      runs = [r for r in groups.get(name, []) if not r['diverged']]
-      if not runs:
-        continue
-      verdict = 'agrees' if holds(runs[0], baseline) else 'does not agree'
-      lines.append(
-          f"- {claim}: here {name} has BLEU {runs[0]['bleu']:.2f} vs the baseline's "
-          f"{baseline['bleu']:.2f}, and early validation loss {runs[0]['early_eval_loss']:.3f} "
-          f"vs {baseline['early_eval_loss']:.3f} — this {verdict}.")
-  for name in ablations:
-    for run in groups.get(name, []):
-      outcome = ('diverged (NaN/Inf)' if run['diverged'] else
-                 f"trained: best validation loss {run['best_eval_loss']:.3f}, "
-                 f"test BLEU {run['bleu']:.2f}")
-      lines.append(f'- Warm-up ablation, {name}: {outcome}.')
-  seeds = max(len(runs) for runs in groups.values())
-  if seeds < 2:
-    lines.append('- One seed per variant: no error bars. Differences of a few tenths of BLEU '
-                 'are within the seed-to-seed noise one would see with `--seeds=3`; read them '
-                 'as hints, not findings.')
+  lines += ['', '## Reading', '', significance.VERDICT_RULE, '']
+  lines += _claim_lines(groups, tests)
+  if max((len(runs) for runs in groups.values()), default=0) < 2:
+    lines.append('- One seed per variant: every verdict is at most inconclusive (the rule needs '
+                 'the spread over seeds); run with `--seeds=3`.')
   path = os.path.join(experiment_dir, 'REPORT.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

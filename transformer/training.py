@@ -327,6 +327,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_metrics = evaluate_loss(steps, state, input_pipeline.make_eval_iterator(
             config, tokenizer, 'validation', process_index=jax.process_index(),
             process_count=jax.process_count()), mesh)
+        # The same loss on training pairs: validation minus this is the generalization gap.
+        eval_metrics['eval/train_loss'] = evaluate_loss(
+            steps, state, input_pipeline.make_eval_iterator(
+                config, tokenizer, 'train', process_index=jax.process_index(),
+                process_count=jax.process_count()), mesh)['eval/loss']
         eval_metrics.update(validation.bleu(state))
         eval_metrics['eval/nonfinite_total'] = float(state.nonfinite_total)
         writer.write(step, eval_metrics)
