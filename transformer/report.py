@@ -170,6 +170,7 @@ def _regime_lines(groups: dict[str, list[dict]]) -> list[str]:
   budget = runs[0]['config'].get('num_train_steps') or max(
       int(plots.series(r['rows'], 'eval/loss')[0][-1]) for r in runs)
   fractions = [r['best_step'] / budget for r in runs]
+  train_losses = [_last(r['rows'], 'eval/train_loss') for r in runs]
   holds = all(f < OVERFIT_BEFORE for f in fractions)
   config = runs[0]['config']
   subset = config.get('max_train_pairs') or 'all'
@@ -179,8 +180,8 @@ def _regime_lines(groups: dict[str, list[dict]]) -> list[str]:
       f"`{config.get('dataset_name')}`. The baseline's best validation loss came at step "
       f"{', '.join(str(r['best_step']) for r in runs)} (seed by seed; "
       f"{_fmt([100 * f for f in fractions], 0)}% of the budget); from there to the end its "
-      f"validation loss rose by {_fmt([r['final_eval_loss'] - r['best_eval_loss'] for r in runs], 3)} "
-      f"while its training loss fell to {_fmt([_last(r['rows'], 'eval/train_loss') for r in runs], 3)} "
+      f"validation loss rose by {_fmt([r['final_eval_loss'] - r['best_eval_loss'] for r in runs], 3)} "  # pylint: disable=line-too-long
+      f"while its training loss fell to {_fmt(train_losses, 3)} "
       f"(both without dropout). " + (
           f'The best came before the last quarter in every seed: the baseline has begun to '
           f'over-fit, so a regularizer has something to act on, and normalization still shows '
@@ -306,9 +307,9 @@ def _lr_reading(points: dict[tuple[str, bool], list]) -> str:
     what = (f"{variant} {'with' if warmup else 'without'} warm-up trained at "
             f'{len(trained)} of {len(pts)} rates')
     if trained:
-      losses = [loss for _, loss in trained]
-      what += (f', final loss {min(losses):.3f} at best (rate {min(trained, key=lambda t: t[1])[0]:.2g})'
-               f' to {max(losses):.3f} at worst')
+      best_rate, best_loss = min(trained, key=lambda t: t[1])
+      what += (f', final loss {best_loss:.3f} at best (rate {best_rate:.2g}) to '
+               f'{max(loss for _, loss in trained):.3f} at worst')
     parts.append(what)
   return ('One seed, so the grid is read as description, not by the verdict rule: ' +
           '; '.join(parts) + '.')

@@ -4,7 +4,8 @@ Each run lives in `<experiment_dir>/<variant>/seed_<n>/`; an unfinished run resu
 finished one is skipped, so the study can be re-run after any interruption. Every run
 trains in its scale's REGIMES entry; the learning-rate grid's runs live in
 `<experiment_dir>/lr_grid/`. The report, `<experiment_dir>/REPORT.md`, and its plots are
-computed from the files the runs wrote (metrics.jsonl, test_result.json, the hypotheses). The entry point is the top-level study.py.
+computed from the files the runs wrote (metrics.jsonl, test_result.json, the hypotheses).
+The entry point is the top-level study.py.
 """
 
 from concurrent import futures
@@ -40,9 +41,10 @@ STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', '
                   'no_dropout', 'strong_dropout', 'label_smoothing', 'r_drop')
 # The regime every run of a scale trains in, under any --config overrides. Small: the
 # baseline must begin to over-fit, or a regularizer can only slow training (issue 18). A
-# fixed subset of 2,000 Bible pairs (43 steps an epoch) for 1,000 steps, 23 epochs: the
-# pilot in the report ("The regime") measured the baseline's best validation loss before
-# the last quarter of that budget. Full: IWSLT2017's 50 epochs, the experiment as designed.
+# fixed subset of 2,000 Bible pairs (43 steps an epoch) for 1,000 steps, 23 epochs: a pilot
+# of the baseline (README, "Results") had its best validation loss at step 600, before the
+# last quarter; the report's "The regime" checks it again on every seed of the study.
+# Full: IWSLT2017's 50 epochs, the experiment as designed.
 REGIMES = {
     'small': {'max_train_pairs': 2000, 'num_train_steps': 1000, 'eval_every_steps': 100},
     'full': {},
@@ -54,10 +56,11 @@ LR_GRID_VARIANTS = ('baseline', 'pre_ln', 'deep_norm', 'rezero')
 LR_GRID_FACTORS = (0.5, 1.0, 2.0, 4.0)
 LR_GRID_STEPS_FRACTION = 0.25
 LR_GRID_DIR = 'lr_grid'
-# Runs that answer a learner's questions (the report's "What the model learned"), one seed in
-# the study's budget: without positional encodings (how is word order known?), and on every
-# training pair (a model that translates, whose attention maps mean something). A run that
-# would equal its variant (all pairs, at a scale that trains on all of them) is left out.
+# Runs for a learner's questions, one seed in the study's budget (the report does not read
+# them yet; its learner section is still to be written): without positional encodings
+# (how is word order known?), and on every training pair (a model that translates, whose
+# attention maps mean something). A run that would equal its variant (all pairs, at a scale
+# that trains on all of them) is left out.
 LEARNER_RUNS = {
     'learner/no_positions': ('baseline', {'model.positions': 'none'}),
     'learner/all_pairs': ('baseline', {'max_train_pairs': 0}),
@@ -204,7 +207,7 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
   """Runs every (variant, seed) and the learning-rate grid; returns the path of REPORT.md.
 
   With parallel_runs > 1, that many runs train at once, each in its own process: on the
-  2-core CPU two runs at once give more steps an hour than one (the report's "The regime"
+  2-core CPU two runs at once give more steps an hour than one (benchmarks.concurrent_runs
   measures it), since one small step leaves cores idle between its ops.
   """
   variants = list(variants or variant_names())
@@ -267,7 +270,8 @@ def _prepared(config: ml_collections.ConfigDict) -> bool:
 
 
 def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None,
-         lr_grid: bool = True, learner: bool = True, overrides: Optional[Mapping[str, Any]] = None) -> list[str]:
+         lr_grid: bool = True, learner: bool = True,
+         overrides: Optional[Mapping[str, Any]] = None) -> list[str]:
   """The study's runs with their budgets and the time they would take on PLAN_GPU.
 
   Nothing is trained. FLOPs per step are flops.train_step_flops over every row of the
