@@ -100,12 +100,19 @@ def vocabulary_path(workdir: str) -> Optional[str]:
 
 
 def saved_steps(workdir: str, which: str = 'checkpoints') -> list[int]:
-  """Steps saved in `workdir/which` ('checkpoints' or 'best'), read without writing anything."""
+  """Steps saved in `workdir/which` ('checkpoints' or 'best'), read without writing anything.
+
+  The manager is this process's alone (orbax's active_processes): whether the folder exists
+  yet depends on how far process 0 has got, so a manager of all processes would meet them at
+  a barrier some never reach.
+  """
   directory = os.path.join(os.path.abspath(workdir), which)
   if not os.path.isdir(directory):
     return []
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True)) as manager:
+      read_only=True, multiprocessing_options=alone)) as manager:
     return sorted(manager.all_steps())
 
 
