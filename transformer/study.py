@@ -215,6 +215,9 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
                      learner=learner, overrides=overrides)
   jobs = [(config, os.path.join(experiment_dir, run)) for run, config in runs.items()]
   if parallel_runs > 1:
+    # Built here once: runs starting together would each build the dataset and vocabulary.
+    for data in {(c.dataset_name, c.data_dir, c.vocab_size): c for c, _ in jobs}.values():
+      input_pipeline.prepare(data)
     context = multiprocessing.get_context('spawn')  # A forked JAX runtime is not safe.
     with futures.ProcessPoolExecutor(parallel_runs, mp_context=context) as pool:
       for done in [pool.submit(run_one, *job) for job in jobs]:
