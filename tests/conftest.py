@@ -111,3 +111,25 @@ def tiny_config(data_dir: str, **overrides):
   config.data_dir = data_dir
   config_utils.apply_overrides(config, {**TINY, **overrides})
   return config
+
+
+MAX_LEN = 48  # tiny_workdir's max_len: decoding buckets 16, 32 and 48.
+
+
+def train_tiny(bible_config, path: str, **model_fields) -> str:
+  """Trains a 2-step tiny model into `path` (one evaluation, at the end); returns `path`."""
+  from transformer import training  # pylint: disable=g-import-not-at-top
+  config = bible_config.copy_and_resolve_references()
+  config.update(dict(num_train_steps=2, batch_size=4, max_length=32, max_target_length=28,
+                     eval_every_steps=2, checkpoint_every_steps=2, diagnostics_every_steps=0,
+                     num_eval_bleu_sentences=4))
+  config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1,
+                           max_len=MAX_LEN, **model_fields))
+  training.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(bible_config, tmp_path_factory):
+  """A workdir trained for 2 steps at a tiny size (made once per session)."""
+  return train_tiny(bible_config, os.fspath(tmp_path_factory.mktemp('tiny_workdir')))

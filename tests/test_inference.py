@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from transformer import attention_maps
 from transformer import inference
 from transformer import search as search_lib
 from transformer import translator as translator_lib
 
 ROOT = pathlib.Path(__file__).parent.parent
-MAX_LEN = 48  # The tiny model's max_len: buckets 16, 32 and 48.
+MAX_LEN = conftest.MAX_LEN
 SHORT = 'Dieu dit.'
 MEDIUM = 'Au commencement, Dieu créa les cieux et la terre.'
 MIDDLE = "Dieu vit que la lumière était bonne; et Dieu sépara la lumière d'avec les ténèbres."
@@ -26,19 +27,8 @@ LONG = ('La terre était informe et vide: il y avait des ténèbres à la surfac
 
 
 @pytest.fixture(scope='session')
-def workdir(bible_config, tmp_path_factory):
-  """A workdir trained for 2 steps at a tiny size (made once per session)."""
-  from transformer import training  # pylint: disable=g-import-not-at-top
-  config = bible_config.copy_and_resolve_references()
-  config.update(dict(num_train_steps=2, batch_size=4, max_length=32, max_target_length=28,
-                     eval_every_steps=2,
-                     checkpoint_every_steps=2, diagnostics_every_steps=0,
-                     num_eval_bleu_sentences=4))
-  config.model.update(dict(emb_dim=16, qkv_dim=16, mlp_dim=32, num_heads=2, num_layers=1,
-                           max_len=MAX_LEN))
-  path = os.fspath(tmp_path_factory.mktemp('tiny_workdir'))
-  training.train_and_evaluate(config, path)
-  return path
+def workdir(tiny_workdir):
+  return tiny_workdir
 
 
 @pytest.fixture(scope='session')

@@ -8,7 +8,7 @@ PACKAGE = pathlib.Path(__file__).parent.parent / 'transformer'
 ORDER = ('config_utils', 'cli', 'provenance', 'sharding', 'metrics', 'plots', 'significance',
          'datasets', 'tokenizer', 'input_pipeline', 'norms', 'models', 'flops', 'losses', 'optim', 'search', 'config_checks',
          'steps', 'checkpoints', 'translator', 'training', 'attention_maps', 'inference',
-         'report', 'study')
+         'learner', 'report', 'study')
 
 
 def imports() -> dict[str, set[str]]:

@@ -157,6 +157,18 @@ def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]
   return _save_with_legend(fig, ax, path)
 
 
+def plot_memory_by_length(lengths: Sequence[int], sizes: Mapping[str, Sequence[int]],
+                          path: str, *, title: str) -> str:
+  """Bytes (drawn in MiB) of each named array against the text's length, log-log."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for (name, values), marker in zip(sizes.items(), 'os^v'):
+    ax.plot(lengths, np.asarray(values) / 2**20, marker=marker, label=name)
+  ax.set(xscale='log', yscale='log', xlabel='tokens (source = output)', ylabel='MiB',
+         title=title)
+  ax.set_xticks(list(lengths), [str(n) for n in lengths])
+  return _save_with_legend(fig, ax, path)
+
+
 def plot_training_run(workdir: str, rows: Sequence[dict]) -> list[str]:
   """Loss, validation and learning-rate curves of one run into workdir/plots/."""
   out_dir = os.path.join(workdir, 'plots')

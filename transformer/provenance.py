@@ -25,8 +25,8 @@ TRAINING_CODE = (
         'checkpoints', 'config_utils', 'inference', 'input_pipeline', 'losses', 'models', 'norms',
         'optim', 'search', 'sharding', 'steps', 'tokenizer', 'training', 'translator')),
 )
-REPORTING_CODE = ('__init__', 'attention_maps', 'cli', 'config_checks', 'flops', 'metrics',
-                  'plots', 'provenance', 'report', 'significance', 'study')
+REPORTING_CODE = ('__init__', 'attention_maps', 'cli', 'config_checks', 'flops', 'learner',
+                  'metrics', 'plots', 'provenance', 'report', 'significance', 'study')
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'sentencepiece',
              'sacrebleu', 'numpy')
 

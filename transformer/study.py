@@ -30,6 +30,7 @@ from transformer import datasets
 from transformer import flops
 from transformer import inference
 from transformer import input_pipeline
+from transformer import learner as learner_lib
 from transformer import models
 from transformer import provenance
 from transformer import report
@@ -56,11 +57,10 @@ LR_GRID_VARIANTS = ('baseline', 'pre_ln', 'deep_norm', 'rezero')
 LR_GRID_FACTORS = (0.5, 1.0, 2.0, 4.0)
 LR_GRID_STEPS_FRACTION = 0.25
 LR_GRID_DIR = 'lr_grid'
-# Runs for a learner's questions, one seed in the study's budget (the report does not read
-# them yet; its learner section is still to be written): without positional encodings
-# (how is word order known?), and on every training pair (a model that translates, whose
-# attention maps mean something). A run that would equal its variant (all pairs, at a scale
-# that trains on all of them) is left out.
+# Runs for a learner's questions (report, "Questions a learner asks"), one seed in the
+# study's budget: without positional encodings (how is word order known?), and on every
+# training pair (a model that translates, whose attention maps mean something). A run that
+# would equal its variant (all pairs, at a scale that trains on all of them) is left out.
 LEARNER_RUNS = {
     'learner/no_positions': ('baseline', {'model.positions': 'none'}),
     'learner/all_pairs': ('baseline', {'max_train_pairs': 0}),
@@ -226,9 +226,8 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
     for job in jobs:
       run_one(*job)
   write_test_references(runs[os.path.join(variants[0], 'seed_0')], experiment_dir)
-  baseline_dir = os.path.join(experiment_dir, 'baseline', 'seed_0')
-  if 'baseline' in variants and os.path.exists(os.path.join(baseline_dir, RESULT_FILE)):
-    write_attention_maps(baseline_dir, os.path.join(experiment_dir, report.ATTENTION_DIR))
+  if learner and 'baseline' in variants:
+    write_learner(experiment_dir, variants)
   return report.write_report(experiment_dir, variants=variants,
                              lr_grid=[run.split(os.sep + 'seed_')[0] for run in runs
                                       if run.startswith(LR_GRID_DIR + os.sep)])
@@ -242,12 +241,28 @@ def write_test_references(config: ml_collections.ConfigDict, experiment_dir: str
     f.write(''.join(line + '\n' for line in references))
 
 
-def write_attention_maps(workdir: str, out_dir: str) -> None:
-  """Heatmaps of every attention of the run, for the first sentence of its test split."""
-  sentence, _ = input_pipeline.load_pairs(checkpoints.load_config(workdir), 'test')[0]
-  inference.write_attention_maps(workdir, sentence, out_dir, checkpoint='best')
-  with open(os.path.join(out_dir, 'sentence.txt'), 'w') as f:
-    f.write(sentence + '\n')
+def write_learner(experiment_dir: str, variants: Sequence[str]) -> Optional[str]:
+  """learner.measure on the study's runs; None (nothing written) until the baseline is done.
+
+  The attention is read from the finished seed-0 run (a variant's or learner/all_pairs) with
+  the best test BLEU: the maps of the model that translates best, as the issue asks.
+  """
+  finished = lambda run: os.path.exists(os.path.join(experiment_dir, run, RESULT_FILE))
+  run_dir = lambda name: os.path.join(name, 'seed_0')
+  if not finished(run_dir('baseline')):
+    return None
+  bleu = {}
+  for run in [run_dir(v) for v in variants] + [run_dir(name) for name in LEARNER_RUNS]:
+    if finished(run):
+      with open(os.path.join(experiment_dir, run, RESULT_FILE)) as f:
+        score = json.load(f).get('bleu')  # None: the run diverged.
+      if score is not None:
+        bleu[run] = score
+  no_positions = run_dir('learner/no_positions')
+  return learner_lib.measure(
+      experiment_dir, translating=os.path.join(experiment_dir, max(bleu, key=bleu.get)),
+      baseline=os.path.join(experiment_dir, run_dir('baseline')),
+      no_positions=os.path.join(experiment_dir, no_positions) if finished(no_positions) else None)
 
 
 def _epoch_steps(config: ml_collections.ConfigDict) -> tuple[float, bool]:

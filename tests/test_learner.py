@@ -1,0 +1,130 @@
+"""The learner's measurements, each against a formula or NumPy, on tiny trained workdirs."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import conftest
+from transformer import attention_maps
+from transformer import inference
+from transformer import learner
+from transformer import models
+from transformer import norms
+
+
+SENTENCES = 70  # Validation sentences of the batch-statistics measurement.
+
+
+@pytest.fixture(scope='module')
+def no_positions_workdir(bible_config, tmp_path_factory):
+  return conftest.train_tiny(bible_config, os.fspath(tmp_path_factory.mktemp('no_positions')),
+                             positions='none')
+
+
+@pytest.fixture(scope='module')
+def measured(tiny_workdir, no_positions_workdir, tmp_path_factory):
+  """(experiment dir, the JSON learner.measure wrote there): measured once for the module."""
+  experiment_dir = tmp_path_factory.mktemp('experiment')
+  path = learner.measure(os.fspath(experiment_dir), translating=tiny_workdir,
+                         baseline=tiny_workdir, no_positions=no_positions_workdir,
+                         sentences=SENTENCES)
+  with open(path) as f:
+    return experiment_dir, json.load(f)
+
+
+def test_word_positions_join_the_pieces_of_a_word():
+  pieces = ['▁Il', '▁man', 'ge', '▁du', '▁pain', '.', '</s>']
+  assert learner.word_positions(pieces, 'mange') == [1, 2]
+  assert learner.word_positions(pieces, 'pain') == [4]
+  assert learner.word_positions(pieces, 'pomme') == []
+
+
+def test_normalized_entropy_is_one_for_uniform_rows_and_zero_for_one_hot_ones():
+  assert learner.normalized_entropy(np.full((3, 5), 0.2)) == pytest.approx(1.0)
+  assert learner.normalized_entropy(np.eye(4)) == pytest.approx(0.0, abs=1e-9)
+  rows = np.array([[0.5, 0.5, 0.0, 0.0]])
+  assert learner.normalized_entropy(rows) == pytest.approx(math.log(2) / math.log(4))
+
+
+def test_batch_norm_of_one_row_is_numpy_batch_norm_and_layer_norm_ignores_the_batch():
+  rng = np.random.default_rng(0)
+  rows = [rng.normal(2.0, 3.0, (n, 8)).astype(np.float32) for n in (5, 3, 7)]
+  pads = rng.normal(0.0, 1.0, (7, 8)).astype(np.float32)
+  real = np.concatenate(rows)  # Masked: only real tokens count.
+  expected = (rows[0] - real.mean(0)) / np.sqrt(real.var(0) + 1e-5)
+  np.testing.assert_allclose(learner.first_row_normalized(norms.BatchNorm, rows), expected,
+                             rtol=1e-4, atol=1e-4)
+  padded = np.concatenate([rows[0], pads[5:], rows[1], pads[3:], rows[2]])  # Unmasked: pads count.
+  expected = (rows[0] - padded.mean(0)) / np.sqrt(padded.var(0) + 1e-5)
+  np.testing.assert_allclose(learner.first_row_normalized(norms.BatchNorm, rows, pads),
+                             expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(learner.first_row_normalized(norms.BatchNorm, rows, pads, length=12),
+                             expected, rtol=1e-4, atol=1e-4)  # Masked beyond: the same.
+  alone = learner.first_row_normalized(norms.LayerNorm, rows[:1])
+  np.testing.assert_allclose(learner.first_row_normalized(norms.LayerNorm, rows), alone,
+                             atol=1e-6)
+  np.testing.assert_allclose(alone.mean(-1), 0.0, atol=1e-5)
+
+
+def test_batch_statistics_move_batch_norm_not_layer_norm(measured):
+  out = measured[1]['batch_statistics']
+  assert out['sentences'] == SENTENCES
+  assert out['batch_sizes'] == list(learner.BATCH_SIZES)
+  assert max(out['layer_norm']) < 1e-5  # Per token: the batch cannot move it.
+  assert out['batch_norm'][0] > 0.1  # One sentence's own statistics are far from all of them.
+  assert out['batch_norm'][-1] < out['batch_norm'][0]  # More sentences, closer to all.
+  assert 0 < out['padding']['pad_fraction'] < 1
+  assert out['padding']['unmasked_vs_masked'] > 0
+
+
+def test_memory_is_the_cache_formula_and_layers_x_heads_x_length_squared(tiny_workdir,
+                                                                        tmp_path):
+  out = learner.memory_by_length(tiny_workdir, os.fspath(tmp_path / 'memory.png'),
+                                 lengths=(8, 16, 32))
+  assert os.path.getsize(tmp_path / 'memory.png') > 0
+  config = models.ModelConfig.from_config(inference.checkpoints.load_config(tiny_workdir).model)
+  assert out['cache_bytes'] == [models.cache_bytes(config, batch=1, beam=1, source_len=n,
+                                                   max_decode_len=n) for n in (8, 16, 32)]
+  # Encoder self, decoder self and cross: one float32 [heads, n, n] each, every layer.
+  assert out['attention_bytes'] == [3 * config.num_layers * config.num_heads * n * n * 4
+                                    for n in (8, 16, 32)]
+
+
+def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measured):
+  experiment_dir, measurements = measured
+  out = measurements['attention']
+  config, tokenizer, model, variables, _ = inference.load_trained(tiny_workdir)
+  assert out['maps'] == 3 * config.model.num_layers * config.model.num_heads
+  maps = experiment_dir / learner.LEARNER_DIR / learner.ATTENTION_SUBDIR
+  assert len(os.listdir(maps)) == out['maps']
+  for entropies in out['entropy_by_layer'].values():
+    assert all(0 <= e <= 1 + 1e-6 for e in entropies)
+  source = tokenizer.encode(learner.VERB_SENTENCE) + [tokenizer.eos_id]
+  target = [tokenizer.processor.piece_to_id(p) for p in out['target_pieces']]
+  cross = attention_maps.attention_weights(model, variables, source, target)['cross'][-1].mean(0)
+  verb = learner.word_positions(out['source_pieces'], learner.VERB)
+  obj = learner.word_positions(out['source_pieces'], learner.OBJECT)
+  assert verb and obj  # The sentence's words are found in its pieces.
+  row = int(np.argmax(cross[:, obj].sum(1)))
+  assert out['object_output'] == out['target_pieces'][row]
+  assert out['object_cross_on_verb'] == pytest.approx(float(cross[row, verb].sum()), abs=1e-6)
+  assert out['uniform_cross_on_verb'] == len(verb) / len(source)
+
+
+def test_without_positions_both_word_orders_translate_alike(measured):
+  out = measured[1]['word_order']
+  assert out['no_positions']['positions'] == 'none'
+  assert out['no_positions']['same']  # Permutation-equivariant encoder: one translation.
+  assert out['baseline']['positions'] == 'sinusoidal'
+  assert len(out['baseline']['translations']) == len(learner.ORDER_SENTENCES)
+
+
+def test_measure_writes_every_measurement_and_the_memory_plot(measured):
+  experiment_dir, measurements = measured
+  assert set(measurements) == {'attention', 'word_order', 'batch_statistics', 'memory'}
+  assert os.path.getsize(experiment_dir / learner.LEARNER_DIR / learner.MEMORY_PLOT) > 0
+  assert measurements['memory']['lengths'] == [n for n in learner.MEMORY_LENGTHS
+                                               if n <= conftest.MAX_LEN]
