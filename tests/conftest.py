@@ -10,9 +10,19 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 import pathlib
 import re
 import tarfile
+import tempfile
 import zipfile
 
 import pytest
+
+# One persistent XLA cache for the session and the processes its tests start (they inherit
+# the environment): many tests train, resume and decode the same tiny programs, and each is
+# compiled once, then loaded. Every entry is kept however fast it compiled. Set
+# JAX_ENABLE_COMPILATION_CACHE=false to compile everything, or give a
+# JAX_COMPILATION_CACHE_DIR to keep the cache across sessions.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'iwslt17-ted-tst2016'
 FR_XML = FIXTURES / 'IWSLT17.TED.tst2016.fr-en.fr.xml'

@@ -141,18 +141,21 @@ def test_steps_compile_once(bible_config, bible_tokenizer):
   state, _ = compiled.train(compiled.init(), sharding.shard_batch(next(iterator), mesh))
   compiles = []
 
-  def count(event, duration, **kwargs):
+  def count(event, duration=None, **kwargs):  # A compile, or a program loaded from the cache.
     del duration, kwargs
-    if event == '/jax/core/compile/backend_compile_duration':
+    if event in ('/jax/core/compile/backend_compile_duration',
+                 '/jax/compilation_cache/cache_hits'):
       compiles.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(count)
+  jax.monitoring.register_event_listener(count)
   try:
     for _ in range(3):
       state, step_metrics = compiled.train(state, sharding.shard_batch(next(iterator), mesh))
     jax.block_until_ready(step_metrics)
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
+    jax.monitoring.unregister_event_listener(count)
   assert not compiles
 
 
