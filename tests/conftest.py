@@ -143,3 +143,14 @@ def train_tiny(bible_config, path: str, **model_fields) -> str:
 def tiny_workdir(bible_config, tmp_path_factory):
   """A workdir trained for 2 steps at a tiny size (made once per session)."""
   return train_tiny(bible_config, os.fspath(tmp_path_factory.mktemp('tiny_workdir')))
+
+
+# The slowest modules first (measured with --durations): with two workers taking whole
+# modules in order, a long module handed out last would run on alone at the end.
+SLOW_FIRST = ('test_full_path.py', 'test_study.py', 'test_fault_injection.py',
+              'test_multiprocess.py', 'test_full_scale.py', 'test_training.py', 'test_learner.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: order kept within.
