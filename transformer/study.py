@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 
 import configs
-from transformer import checkpoints
 from transformer import cli
 from transformer import config_checks
 from transformer import config_utils
