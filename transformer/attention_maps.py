@@ -54,13 +54,18 @@ def translate_one(translator: translator_lib.Translator, variables, tokenizer, s
   return source, output + [tokenizer.eos_id]
 
 
-def write_attention_maps(model, variables, tokenizer, sentence: str, out_dir: str, *,
-                         search: translator_lib.SearchConfig = translator_lib.SearchConfig(),
-                         ) -> tuple[list[str], dict[str, np.ndarray]]:
-  """Writes `out_dir/{kind}_layer{l}_head{h}.png`; returns the paths and the weights."""
+def read_sentence(model, variables, tokenizer, sentence: str,
+                  search: translator_lib.SearchConfig = translator_lib.SearchConfig(),
+                  ) -> tuple[list[int], list[int], dict[str, np.ndarray]]:
+  """(source ids, greedy output ids, attention_weights) of one sentence."""
   translator = translator_lib.Translator(model, tokenizer, batch_size=1)
   source, target = translate_one(translator, variables, tokenizer, sentence, search)
-  weights = attention_weights(model, variables, source, target)
+  return source, target, attention_weights(model, variables, source, target)
+
+
+def draw_maps(tokenizer, source: Sequence[int], target: Sequence[int],
+              weights: dict[str, np.ndarray], out_dir: str) -> list[str]:
+  """Writes `out_dir/{kind}_layer{l}_head{h}.png` from read_sentence's output; the paths."""
   pieces = lambda ids: [tokenizer.processor.id_to_piece(int(i)) for i in ids]
   source_pieces = pieces(source)
   decoder_pieces = [BOS_PIECE] + pieces(target[:-1])
@@ -69,7 +74,7 @@ def write_attention_maps(model, variables, tokenizer, sentence: str, out_dir: st
           'cross': (source_pieces, decoder_pieces)}  # (keys, queries)
   os.makedirs(out_dir, exist_ok=True)
   paths = []
-  translation = tokenizer.decode(target[:-1])
+  translation = tokenizer.decode(list(target[:-1]))
   for kind in KINDS:
     keys, queries = axes[kind]
     for layer, heads in enumerate(weights[kind]):
@@ -77,4 +82,12 @@ def write_attention_maps(model, variables, tokenizer, sentence: str, out_dir: st
         paths.append(plots.plot_attention(
             matrix, keys, queries, os.path.join(out_dir, f'{kind}_layer{layer}_head{head}.png'),
             title=f'{kind} attention, layer {layer}, head {head}\n{translation[:80]}'))
-  return paths, weights
+  return paths
+
+
+def write_attention_maps(model, variables, tokenizer, sentence: str, out_dir: str, *,
+                         search: translator_lib.SearchConfig = translator_lib.SearchConfig(),
+                         ) -> tuple[list[str], dict[str, np.ndarray]]:
+  """Writes `out_dir/{kind}_layer{l}_head{h}.png`; returns the paths and the weights."""
+  source, target, weights = read_sentence(model, variables, tokenizer, sentence, search)
+  return draw_maps(tokenizer, source, target, weights, out_dir), weights

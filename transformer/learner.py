@@ -80,11 +80,9 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
   """
   config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
-  paths, weights = attention_maps.write_attention_maps(model, variables, tokenizer,
-                                                       VERB_SENTENCE, out_dir, search=search)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=1)
-  source, target = attention_maps.translate_one(translator, variables, tokenizer,
-                                                VERB_SENTENCE, search)
+  source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
+                                                          VERB_SENTENCE, search)
+  paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
   piece = lambda i: tokenizer.processor.id_to_piece(int(i))
   source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
   out = {
