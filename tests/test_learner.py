@@ -93,6 +93,12 @@ def test_memory_is_the_cache_formula_and_layers_x_heads_x_length_squared(tiny_wo
                                     for n in (8, 16, 32)]
 
 
+def test_translates_object_matches_whole_words_in_any_case():
+  assert learner.translates_object('He ate the Bread.', 'bread')
+  assert not learner.translates_object('He ate breadcrumbs.', 'bread')
+  assert not learner.translates_object('', 'bread')
+
+
 def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measured):
   experiment_dir, measurements = measured
   out = measurements['attention']
@@ -102,11 +108,21 @@ def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measur
   assert len(os.listdir(maps)) == out['maps']
   for entropies in out['entropy_by_layer'].values():
     assert all(0 <= e <= 1 + 1e-6 for e in entropies)
-  source = tokenizer.encode(learner.VERB_SENTENCE) + [tokenizer.eos_id]
+  sentence, verb_word, object_word, english_object = next(
+      candidate for candidate in learner.VERB_SENTENCES if candidate[0] == out['sentence'])
+  assert (out['verb'], out['object'], out['english_object']) == (
+      verb_word, object_word, english_object)
+  # The first candidate whose translation has the object, else the first of all.
+  chosen = [t['sentence'] for t in out['tried']].index(sentence) if out['translated_object'] else 0
+  assert out['tried'][chosen]['translation'] == out['translation']
+  assert not any(learner.translates_object(t['translation'], c[3])
+                 for t, c in zip(out['tried'][:chosen], learner.VERB_SENTENCES))
+  assert out['translated_object'] == learner.translates_object(out['translation'], english_object)
+  source = tokenizer.encode(sentence) + [tokenizer.eos_id]
   target = [tokenizer.processor.piece_to_id(p) for p in out['target_pieces']]
   cross = attention_maps.attention_weights(model, variables, source, target)['cross'][-1].mean(0)
-  verb = learner.word_positions(out['source_pieces'], learner.VERB)
-  obj = learner.word_positions(out['source_pieces'], learner.OBJECT)
+  verb = learner.word_positions(out['source_pieces'], verb_word)
+  obj = learner.word_positions(out['source_pieces'], object_word)
   assert verb and obj  # The sentence's words are found in its pieces.
   row = int(np.argmax(cross[:, obj].sum(1)))
   assert out['object_output'] == out['target_pieces'][row]

@@ -160,7 +160,10 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
   measured = {
       'attention': {
           'workdir': os.fspath(tmp_path / 'baseline' / 'seed_0'), 'step': 300,
-          'sentence': learner.VERB_SENTENCE, 'translation': 'He eateth bread.', 'maps': 6,
+          'sentence': 'Il mange du pain.', 'verb': 'mange', 'object': 'pain',
+          'english_object': 'bread', 'translated_object': True, 'maps': 6,
+          'tried': [{'sentence': 'Il mange du pain.', 'translation': 'He eateth bread.'}],
+          'translation': 'He eateth bread.',
           'entropy_by_layer': {'encoder_self': [0.9, 0.5], 'decoder_self': [0.8, 0.4],
                                'cross': [0.7, 0.3]},
           'object_output': '▁bread', 'verb_output': '▁eateth', 'object_cross_on_object': 0.6,
@@ -186,6 +189,8 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
     text = f.read().split('## Questions a learner asks', 1)[1]
   assert 'from `baseline/seed_0`' in text  # The run the maps come from, named.
   assert '| cross | 0.70 | 0.30 |' in text
+  assert ("“Il mange du pain.” is the first of 4 candidate sentences whose translation has "
+          "the object's English word “bread”") in text
   assert '0.60 (uniform 0.20, 3.0×) on the object' in text
   assert '0.10 (uniform 0.40, 0.2×) on the verb' in text
   assert '0.50 (uniform 0.25, 2.0×) on the verb\'s translation `▁eateth`' in text

@@ -37,9 +37,16 @@ LEARNER_DIR = 'learner'
 LEARNER_FILE = 'measurements.json'
 ATTENTION_SUBDIR = 'attention'
 MEMORY_PLOT = 'memory_by_length.png'
-# The verb governs its object: does the object's translation look back at the verb? (Words
-# the Bible corpus has often: the small model knows them.)
-VERB_SENTENCE, VERB, OBJECT = 'Il mange du pain.', 'mange', 'pain'
+# The verb governs its object: does the object's translation look back at the verb? Maps mean
+# little from a model that does not translate the sentence, so the reading takes the first of
+# these whose translation has the object's English word. Each is (sentence, verb, object,
+# object in English), in words the Bible corpus has often.
+VERB_SENTENCES = (
+    ('Il mange du pain.', 'mange', 'pain', 'bread'),
+    ('Il prit le pain.', 'prit', 'pain', 'bread'),
+    ('Il bâtit une maison.', 'bâtit', 'maison', 'house'),
+    ('Dieu créa le ciel et la terre.', 'créa', 'ciel', 'heaven'),
+)
 # The same words in two orders: only positions tell who struck whom.
 ORDER_SENTENCES = ('Pierre frappa Jean.', 'Jean frappa Pierre.')
 BATCH_SIZES = (1, 2, 4, 16, 64)  # Sentences per batch whose statistics BatchNorm uses.
@@ -70,31 +77,51 @@ def normalized_entropy(rows: np.ndarray) -> float:
   return float(np.mean(-(rows * np.log(rows)).sum(-1)) / math.log(rows.shape[-1]))
 
 
-def attention_reading(workdir: str, out_dir: str) -> dict:
-  """Maps of VERB_SENTENCE (every layer and head) and what its object's translation reads.
+def translates_object(translation: str, english_object: str) -> bool:
+  """Whether the object's English word is one of the translation's words (any case)."""
+  return english_object.lower() in re.findall(r'\w+', translation.lower())
 
-  Figures are the heads' mean in the last layer. The object's translation is the output
-  position whose cross-attention puts most weight on the object's pieces; the verb's, the
-  one most on the verb's. Decoder query t reads inputs 0..t, input j being output j - 1
-  (BOS first), so the verb's translation is decoder key t_verb + 1.
+
+def attention_reading(workdir: str, out_dir: str) -> dict:
+  """Maps of a sentence of VERB_SENTENCES (every layer and head); what its object's output reads.
+
+  The sentence is the first whose greedy translation has its object's English word, or the
+  first if none has ('translated_object' says which case). Figures are the heads' mean in
+  the last layer. The object's translation is the output position whose cross-attention
+  puts most weight on the object's pieces; the verb's, the one most on the verb's. Decoder
+  query t reads inputs 0..t, input j being output j - 1 (BOS first), so the verb's
+  translation is decoder key t_verb + 1.
   """
   config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
-  source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
-                                                          VERB_SENTENCE, search)
+  tried = []
+  for sentence, verb_word, object_word, english_object in VERB_SENTENCES:
+    source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
+                                                            sentence, search)
+    tried.append({'sentence': sentence, 'translation': tokenizer.decode(target[:-1])})
+    if translates_object(tried[-1]['translation'], english_object):
+      break
+  else:
+    sentence, verb_word, object_word, english_object = VERB_SENTENCES[0]
+    source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
+                                                            sentence, search)
   paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
   piece = lambda i: tokenizer.processor.id_to_piece(int(i))
   source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
+  translation = tokenizer.decode(target[:-1])
   out = {
-      'workdir': workdir, 'step': step, 'sentence': VERB_SENTENCE,
-      'translation': tokenizer.decode(target[:-1]), 'source_pieces': source_pieces,
+      'workdir': workdir, 'step': step, 'sentence': sentence, 'verb': verb_word,
+      'object': object_word, 'english_object': english_object, 'tried': tried,
+      'translated_object': translates_object(translation, english_object),
+      'translation': translation, 'source_pieces': source_pieces,
       'target_pieces': target_pieces, 'maps': len(paths),
       'entropy_by_layer': {kind: [normalized_entropy(w) for w in weights[kind]]
                            for kind in attention_maps.KINDS},
   }
   cross = weights['cross'][-1].mean(0)  # [target positions, source positions]
   decoder_self = weights['decoder_self'][-1].mean(0)
-  verb, obj = word_positions(source_pieces, VERB), word_positions(source_pieces, OBJECT)
+  verb = word_positions(source_pieces, verb_word)
+  obj = word_positions(source_pieces, object_word)
   if not (verb and obj):
     return out
   t_object = int(cross[:, obj].sum(1).argmax())

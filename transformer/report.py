@@ -415,11 +415,12 @@ def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
   lines += ['', f"(Last layer, head 0; all {attention['maps']} maps are in `{maps}/`.)",
             '', "### Does it attend to the verb when it translates the verb's object?", '']
   if 'object_output' not in attention:
-    return lines + [f'The words "{learner.VERB}" and "{learner.OBJECT}" are not both found in '
-                    'the pieces of the sentence: not measured.', '']
+    return lines + [f'The words "{attention["verb"]}" and "{attention["object"]}" are not both '
+                    'found in the pieces of the sentence: not measured.', '']
   lines.append(
-      f"The output most aligned with “{learner.OBJECT}” is `{attention['object_output']}`, "
-      f"with “{learner.VERB}” `{attention['verb_output']}` (last layer, heads' mean). The "
+      _sentence_choice(attention) +
+      f" The output most aligned with “{attention['object']}” is `{attention['object_output']}`, "
+      f"with “{attention['verb']}” `{attention['verb_output']}` (last layer, heads' mean). The "
       f"cross-attention row of `{attention['object_output']}` puts "
       f"{_share(attention['object_cross_on_object'], attention['uniform_cross_on_object'])} "
       f"on the object and "
@@ -432,6 +433,18 @@ def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
           " The verb's translation does not come before the object's, so the decoder's "
           'self-attention toward it is not measured.'))
   return lines + ['']
+
+
+def _sentence_choice(attention: dict) -> str:
+  """Why this sentence: the first candidate whose translation has its object, or none did."""
+  tried = '; '.join(f"“{t['sentence']}” → “{t['translation']}”" for t in attention['tried'])
+  if attention['translated_object']:
+    return (f"“{attention['sentence']}” is the first of {len(learner.VERB_SENTENCES)} candidate "
+            f"sentences whose translation has the object's English word "
+            f"“{attention['english_object']}” (tried: {tried}).")
+  return (f"None of the {len(learner.VERB_SENTENCES)} candidate sentences' translations has its "
+          f"object's English word (tried: {tried}), so these figures come from a model that "
+          f"does not translate “{attention['sentence']}”: read them as such.")
 
 
 def _word_order_lines(order: dict, runs: dict[str, dict],
