@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import signal
 
 import pytest
 
@@ -90,6 +91,25 @@ def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_p
       {'code_version': 'code-0000', 'num_train_steps': bible_config.num_train_steps}))
   with pytest.raises(cli.UserError, match='finished by code code-0000'):
     study.run_one(bible_config, str(tmp_path))
+
+
+def test_a_run_stopped_by_sigterm_is_saved_not_finished(bible_config, tmp_path, monkeypatch):
+  """SIGTERM after the step-2 checkpoint: no result file, so the next invocation resumes."""
+  from transformer import checkpoints  # pylint: disable=g-import-not-at-top
+  config = conftest.tiny_config(bible_config.data_dir, num_train_steps=4)
+  real_save = checkpoints.Checkpointer.save
+
+  def save_then_sigterm(self, step, *args):
+    real_save(self, step, *args)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # The loop's handler sets its flag; no exit.
+
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save_then_sigterm)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(study.RunInterrupted, match='stopped at step 2 of 4'):
+    study.run_one(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, study.RESULT_FILE))
+  assert checkpoints.saved_steps(workdir) == [2]
 
 
 def test_run_configs_regime_seeds_learner_runs_and_grid():

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import configs
+from transformer import checkpoints
 from transformer import cli
 from transformer import config_checks
 from transformer import config_utils
@@ -85,11 +86,17 @@ def variant_names() -> list[str]:
           [n for n in found if n not in STUDY_VARIANTS])
 
 
+class RunInterrupted(cli.UserError):
+  """A run stopped before its last step (SIGTERM or Ctrl-C): saved, not finished."""
+
+
 def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) one run, then decodes its best checkpoint on the test split.
 
   A finished run is skipped if this code trained it (provenance.code_version); one of
-  other code is refused, since the report could not put the two in one table.
+  other code is refused, since the report could not put the two in one table. A run that
+  SIGTERM or Ctrl-C stopped short raises RunInterrupted and writes no result, so that the
+  next invocation resumes it instead of skipping it as finished.
   """
   result_path = os.path.join(workdir, RESULT_FILE)
   version = provenance.code_version()
@@ -109,8 +116,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
             'git_commit': provenance.git_commit()}
   started = time.perf_counter()
   try:
-    training.train_and_evaluate(config, workdir)
+    last_metrics = training.train_and_evaluate(config, workdir)
     result['diverged'] = False
+    _check_finished(config, workdir, last_metrics)
   except training.NonFiniteLossError as e:
     logging.warning('%s diverged: %s', workdir, e)
     result['diverged'] = True
@@ -123,6 +131,15 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(result_path, 'w') as f:
     json.dump(result, f, indent=2)
   return result
+
+
+def _check_finished(config: ml_collections.ConfigDict, workdir: str, last_metrics: dict) -> None:
+  """Raises RunInterrupted unless the run reached its last step or stopped early by patience."""
+  saved = checkpoints.saved_steps(workdir, 'checkpoints')
+  step = saved[-1] if saved else 0
+  if step < config.num_train_steps and 'train/stopped_early_at_step' not in last_metrics:
+    raise RunInterrupted(f'{workdir} stopped at step {step} of {config.num_train_steps} and is '
+                         'saved; run the same command again to resume it.')
 
 
 def _decode_test(config: ml_collections.ConfigDict, workdir: str, checkpoint: str) -> dict:
