@@ -94,17 +94,17 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
   """
   config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
-  tried = []
-  for sentence, verb_word, object_word, english_object in VERB_SENTENCES:
+  tried, readings = [], []
+  for candidate in VERB_SENTENCES:
     source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
-                                                            sentence, search)
-    tried.append({'sentence': sentence, 'translation': tokenizer.decode(target[:-1])})
-    if translates_object(tried[-1]['translation'], english_object):
+                                                            candidate[0], search)
+    readings.append((candidate, (source, target, weights)))
+    tried.append({'sentence': candidate[0], 'translation': tokenizer.decode(target[:-1])})
+    if translates_object(tried[-1]['translation'], candidate[3]):
       break
   else:
-    sentence, verb_word, object_word, english_object = VERB_SENTENCES[0]
-    source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
-                                                            sentence, search)
+    readings.append(readings[0])  # None translates its object: read the first.
+  (sentence, verb_word, object_word, english_object), (source, target, weights) = readings[-1]
   paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
   piece = lambda i: tokenizer.processor.id_to_piece(int(i))
   source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
