@@ -118,7 +118,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     last_metrics = training.train_and_evaluate(config, workdir)
     result['diverged'] = False
-    _check_finished(config, workdir, last_metrics)
+    _check_finished(workdir, last_metrics)
   except training.NonFiniteLossError as e:
     logging.warning('%s diverged: %s', workdir, e)
     result['diverged'] = True
@@ -133,13 +133,17 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def _check_finished(config: ml_collections.ConfigDict, workdir: str, last_metrics: dict) -> None:
-  """Raises RunInterrupted unless the run reached its last step or stopped early by patience."""
+def _check_finished(workdir: str, last_metrics: dict) -> None:
+  """Raises RunInterrupted unless the run reached its last step or stopped early by patience.
+
+  The last step is the workdir's config.json's, which holds the budget resolved from
+  num_train_epochs when num_train_steps is 0 (the full scale).
+  """
   saved = checkpoints.saved_steps(workdir, 'checkpoints')
-  step = saved[-1] if saved else 0
-  if step < config.num_train_steps and 'train/stopped_early_at_step' not in last_metrics:
-    raise RunInterrupted(f'{workdir} stopped at step {step} of {config.num_train_steps} and is '
-                         'saved; run the same command again to resume it.')
+  step, budget = (saved[-1] if saved else 0), checkpoints.load_config(workdir).num_train_steps
+  if step < budget and 'train/stopped_early_at_step' not in last_metrics:
+    raise RunInterrupted(f'{workdir} stopped at step {step} of {budget} and is saved; run the '
+                         'same command again to resume it.')
 
 
 def _decode_test(config: ml_collections.ConfigDict, workdir: str, checkpoint: str) -> dict:
