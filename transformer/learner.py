@@ -94,25 +94,25 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
   """
   config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
-  tried, readings = [], []
+  readings = []  # (candidate, translation, (source, target, weights)), in the order tried.
   for candidate in VERB_SENTENCES:
     source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
                                                             candidate[0], search)
-    readings.append((candidate, (source, target, weights)))
-    tried.append({'sentence': candidate[0], 'translation': tokenizer.decode(target[:-1])})
-    if translates_object(tried[-1]['translation'], candidate[3]):
+    translation = tokenizer.decode(target[:-1])
+    readings.append((candidate, translation, (source, target, weights)))
+    if translated_object := translates_object(translation, candidate[3]):
       break
-  else:
-    readings.append(readings[0])  # None translates its object: read the first.
-  (sentence, verb_word, object_word, english_object), (source, target, weights) = readings[-1]
+  chosen = readings[-1] if translated_object else readings[0]  # None did: read the first.
+  (sentence, verb_word, object_word, english_object), translation, reading = chosen
+  source, target, weights = reading
   paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
   piece = lambda i: tokenizer.processor.id_to_piece(int(i))
   source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
-  translation = tokenizer.decode(target[:-1])
   out = {
       'workdir': workdir, 'step': step, 'sentence': sentence, 'verb': verb_word,
-      'object': object_word, 'english_object': english_object, 'tried': tried,
-      'translated_object': translates_object(translation, english_object),
+      'object': object_word, 'english_object': english_object,
+      'tried': [{'sentence': c[0], 'translation': t} for c, t, _ in readings],
+      'translated_object': translated_object,
       'translation': translation, 'source_pieces': source_pieces,
       'target_pieces': target_pieces, 'maps': len(paths),
       'entropy_by_layer': {kind: [normalized_entropy(w) for w in weights[kind]]
