@@ -415,6 +415,7 @@ def test_ctrl_c_saves_like_sigterm_and_says_how_to_resume(unbroken, tmp_path, mo
                                                          caplog):
   workdir = os.fspath(tmp_path / 'run')
   real_shard_batch, batches = sharding.shard_batch, []
+  handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job.
 
   def shard_batch(batch, mesh):
     batches.append(batch)
@@ -430,7 +431,7 @@ def test_ctrl_c_saves_like_sigterm_and_says_how_to_resume(unbroken, tmp_path, mo
   step, _ = restore(workdir)
   assert 0 < step < STEPS
   assert f'Saved step {step} of {STEPS} in {workdir}; run the same command again' in caplog.text
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Restored.
+  assert signal.getsignal(signal.SIGINT) is handler_before  # Restored.
   monkeypatch.setattr(sharding, 'shard_batch', real_shard_batch)
   training.train_and_evaluate(config, workdir)
   assert_same_run(unbroken, workdir)

@@ -120,7 +120,7 @@ def two_processes(data_dir, tmp_path_factory):
                                         env=env, cwd=ROOT))
   try:
     for process in processes:
-      process.wait(timeout=300)
+      process.wait(timeout=600)  # Under a concurrent load 300 s was too few.
   finally:
     for process in processes:
       if process.poll() is None:

@@ -85,6 +85,21 @@ def test_report_refuses_runs_of_two_code_versions(tmp_path):
     report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
 
 
+def test_report_refuses_runs_of_two_vocabularies(tmp_path):
+  """One code version, two vocabularies (the dataset was prepared again elsewhere): refused."""
+  from transformer import cli, report  # pylint: disable=g-import-not-at-top
+  for name, digest in (('baseline', 'a' * 64), ('pre_ln', 'b' * 64)):
+    run_dir = tmp_path / name / 'seed_0'
+    run_dir.mkdir(parents=True)
+    (run_dir / study.RESULT_FILE).write_text(json.dumps(
+        {'code_version': 'code-aaaa', 'diverged': False, 'bleu': 1.0}))
+    (run_dir / 'config.json').write_text(json.dumps(
+        {'vocabulary': {'file': 'vocabulary.model', 'sha256': digest}}))
+  with pytest.raises(cli.UserError, match='different vocabularies.*aaaaaaaaaaaa: 1 runs.*'
+                                          'bbbbbbbbbbbb: 1 runs'):
+    report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
+
+
 def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_path):
   from transformer import cli  # pylint: disable=g-import-not-at-top
   (tmp_path / study.RESULT_FILE).write_text(json.dumps(

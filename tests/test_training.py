@@ -54,7 +54,9 @@ class _StopAfter:
 
 
 def test_resume_equals_unbroken_run(bible_config, tmp_path, monkeypatch):
-  config = tiny(bible_config)
+  """With gradient accumulation, so optax.MultiSteps' state must be checkpointed too (the
+  plain path is resumed in test_bad_inputs' SIGTERM, Ctrl-C and fault-injection tests)."""
+  config = tiny(bible_config, grad_accum_steps=2)
   training.train_and_evaluate(config, str(tmp_path / 'unbroken'))
   # Preempted after 3 steps (between checkpoints: the flag saves at step 3), then resumed.
   with monkeypatch.context() as patch:

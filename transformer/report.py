@@ -95,20 +95,38 @@ def _load_run(run_dir: str) -> dict:
   }
 
 
-def check_one_code_version(groups: dict[str, list[dict]]) -> str:
-  """The code version of every finished run; a mix of versions is refused."""
-  versions = {}
+def _one_value(groups: dict[str, list[dict]], key, what: str, remedy: str):
+  """`key(run)` of every finished run, which must be one value: else a UserError naming both."""
+  values = {}
   for runs in groups.values():
     for run in runs:
       if run['finished']:
-        versions.setdefault(run['code_version'], []).append(run['dir'])
-  if len(versions) > 1:
-    listing = '; '.join(f'{version}: {len(dirs)} runs (e.g. {dirs[0]})'
-                        for version, dirs in sorted(versions.items()))
-    raise cli.UserError('The runs were trained by different code, so one table would compare '
-                        f'code as well as variants: {listing}. Retrain the older runs in a new '
-                        'experiment_dir.')
-  return next(iter(versions), 'unrecorded')
+        values.setdefault(key(run), []).append(run['dir'])
+  if len(values) > 1:
+    listing = '; '.join(f'{value}: {len(dirs)} runs (e.g. {dirs[0]})'
+                        for value, dirs in sorted(values.items()))
+    raise cli.UserError(f'The runs were trained {what}, so one table would compare that as '
+                        f'well as the variants: {listing}. {remedy}')
+  return next(iter(values), 'unrecorded')
+
+
+def check_one_code_version(groups: dict[str, list[dict]]) -> str:
+  """The code version of every finished run; a mix of versions is refused."""
+  return _one_value(groups, lambda run: run['code_version'], 'by different code',
+                    'Retrain the older runs in a new experiment_dir.')
+
+
+def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:
+  """The SHA-256 (12 digits) of every finished run's vocabulary; a mix is refused.
+
+  sentencepiece's multi-threaded trainer is not deterministic: a dataset prepared again on
+  another machine can get another vocabulary of the same size, and with it other inputs.
+  """
+  return _one_value(
+      groups, lambda run: run['config'].get('vocabulary', {}).get('sha256', 'unrecorded')[:12],
+      'with different vocabularies',
+      "Copy one run's vocabulary.model over the dataset's spm_<size>.model and retrain the "
+      'others.')
 
 
 def _group(experiment_dir: str, names: Sequence[str]) -> dict[str, list[dict]]:
@@ -546,6 +564,7 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
   groups = _group(experiment_dir, variants)
   grid_groups = _group(experiment_dir, lr_grid)
   code_version = check_one_code_version({**groups, **grid_groups})
+  check_one_vocabulary({**groups, **grid_groups})
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
   first_eval = min((int(plots.series(r['rows'], 'eval/loss')[0][0]) for r in finished
                     if len(plots.series(r['rows'], 'eval/loss')[0])), default=0)
