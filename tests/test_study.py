@@ -85,19 +85,30 @@ def test_report_refuses_runs_of_two_code_versions(tmp_path):
     report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
 
 
-def test_report_refuses_runs_of_two_vocabularies(tmp_path):
-  """One code version, two vocabularies (the dataset was prepared again elsewhere): refused."""
+def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
+  """The same vocabulary trained twice differs in bytes (sentencepiece records its temporary
+  folder) and is one vocabulary; another size is another one, and is refused."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   from transformer import cli, report  # pylint: disable=g-import-not-at-top
-  for name, digest in (('baseline', 'a' * 64), ('pre_ln', 'b' * 64)):
+  text = tmp_path / 'text.txt'
+  text.write_text(''.join(f'le mot {i} et la phrase {i * 7} du texte\n' for i in range(300)))
+  runs = {'baseline': 40, 'pre_ln': 40, 'rms_norm': 41}
+  for name, size in runs.items():
     run_dir = tmp_path / name / 'seed_0'
     run_dir.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(run_dir / name),
+                                   vocab_size=size, minloglevel=2)
+    (run_dir / name).with_suffix('.model').rename(run_dir / 'vocabulary.model')
     (run_dir / study.RESULT_FILE).write_text(json.dumps(
         {'code_version': 'code-aaaa', 'diverged': False, 'bleu': 1.0}))
-    (run_dir / 'config.json').write_text(json.dumps(
-        {'vocabulary': {'file': 'vocabulary.model', 'sha256': digest}}))
-  with pytest.raises(cli.UserError, match='different vocabularies.*aaaaaaaaaaaa: 1 runs.*'
-                                          'bbbbbbbbbbbb: 1 runs'):
-    report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
+  same = [tmp_path / name / 'seed_0' / 'vocabulary.model' for name in ('baseline', 'pre_ln')]
+  assert same[0].read_bytes() != same[1].read_bytes()
+  groups = report._group(str(tmp_path), ['baseline', 'pre_ln'])  # pylint: disable=protected-access
+  assert len(report.check_one_vocabulary(groups)) == 12
+  with pytest.raises(cli.UserError, match=r'different vocabularies.*: (\w{12}: 2 runs .*; '
+                                          r'\w{12}: 1 runs \(e\.g\. \S+rms_norm|\w{12}: 1 runs '
+                                          r'\(e\.g\. \S+rms_norm\S+; \w{12}: 2 runs)'):
+    report.write_report(str(tmp_path), variants=list(runs))
 
 
 def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_path):

@@ -9,13 +9,16 @@ when both the seeds and the test set's resampling do.
 
 import dataclasses
 import glob
+import hashlib
 import json
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+from sentencepiece import sentencepiece_model_pb2
 
+from transformer import checkpoints
 from transformer import cli
 from transformer import learner
 from transformer import metrics as metrics_lib
@@ -76,6 +79,7 @@ def _load_run(run_dir: str) -> dict:
   walls = [row['time/wall_seconds'] for row in rows if 'time/wall_seconds' in row]
   skipped = [row['eval/nonfinite_total'] for row in rows if 'eval/nonfinite_total' in row]
   hypotheses = os.path.join(run_dir, HYPOTHESES)
+  vocabulary = os.path.join(run_dir, checkpoints.VOCABULARY_FILE)
   return {
       'dir': run_dir, 'rows': rows, 'config': config, 'diverged': result.get('diverged', False),
       'bleu': result.get('bleu', math.nan), 'chrf': result.get('chrf', math.nan),
@@ -90,6 +94,8 @@ def _load_run(run_dir: str) -> dict:
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
       'code_version': result.get('code_version', 'unrecorded'),
+      'vocabulary': (vocabulary_fingerprint(vocabulary) if os.path.exists(vocabulary)
+                     else 'unrecorded'),
       'hypotheses': hypotheses if os.path.exists(hypotheses) else None,
       'finished': bool(result),
   }
@@ -116,17 +122,23 @@ def check_one_code_version(groups: dict[str, list[dict]]) -> str:
                     'Retrain the older runs in a new experiment_dir.')
 
 
-def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:
-  """The SHA-256 (12 digits) of every finished run's vocabulary; a mix is refused.
+def vocabulary_fingerprint(model_path: str) -> str:
+  """12 hex digits of a sentencepiece model's content: its pieces, scores and settings.
 
-  sentencepiece's multi-threaded trainer is not deterministic: a dataset prepared again on
-  another machine can get another vocabulary of the same size, and with it other inputs.
+  The file's own hash will not do: sentencepiece records the temporary folder it was trained
+  in (trainer_spec.model_prefix), so the same vocabulary prepared twice differs in bytes.
   """
-  return _one_value(
-      groups, lambda run: run['config'].get('vocabulary', {}).get('sha256', 'unrecorded')[:12],
-      'with different vocabularies',
-      "Copy one run's vocabulary.model over the dataset's spm_<size>.model and retrain the "
-      'others.')
+  model = sentencepiece_model_pb2.ModelProto()
+  with open(model_path, 'rb') as f:
+    model.ParseFromString(f.read())
+  model.trainer_spec.ClearField('model_prefix')
+  return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:12]
+
+
+def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:
+  """The vocabulary fingerprint of every finished run; a mix is refused."""
+  return _one_value(groups, lambda run: run['vocabulary'], 'with different vocabularies',
+                    'Train every run of one experiment with one vocabulary.')
 
 
 def _group(experiment_dir: str, names: Sequence[str]) -> dict[str, list[dict]]:
