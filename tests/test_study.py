@@ -105,10 +105,11 @@ def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
   assert same[0].read_bytes() != same[1].read_bytes()
   groups = report._group(str(tmp_path), ['baseline', 'pre_ln'])  # pylint: disable=protected-access
   assert len(report.check_one_vocabulary(groups)) == 12
-  with pytest.raises(cli.UserError, match=r'different vocabularies.*: (\w{12}: 2 runs .*; '
-                                          r'\w{12}: 1 runs \(e\.g\. \S+rms_norm|\w{12}: 1 runs '
-                                          r'\(e\.g\. \S+rms_norm\S+; \w{12}: 2 runs)'):
+  with pytest.raises(cli.UserError, match='different vocabularies') as refused:
     report.write_report(str(tmp_path), variants=list(runs))
+  counts = {int(n): run_dir for _, n, run_dir in
+            re.findall(r'(\w{12}): (\d) runs \(e\.g\. (\S+)\)', str(refused.value))}
+  assert sorted(counts) == [1, 2] and 'rms_norm' in counts[1]
 
 
 def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_path):

@@ -101,13 +101,13 @@ def _load_run(run_dir: str) -> dict:
   }
 
 
-def _one_value(groups: dict[str, list[dict]], key, what: str, remedy: str):
-  """`key(run)` of every finished run, which must be one value: else a UserError naming both."""
+def _one_value(groups: dict[str, list[dict]], field: str, what: str, remedy: str) -> str:
+  """`run[field]` of every finished run, which must be one value: else a UserError naming all."""
   values = {}
   for runs in groups.values():
     for run in runs:
       if run['finished']:
-        values.setdefault(key(run), []).append(run['dir'])
+        values.setdefault(run[field], []).append(run['dir'])
   if len(values) > 1:
     listing = '; '.join(f'{value}: {len(dirs)} runs (e.g. {dirs[0]})'
                         for value, dirs in sorted(values.items()))
@@ -118,7 +118,7 @@ def _one_value(groups: dict[str, list[dict]], key, what: str, remedy: str):
 
 def check_one_code_version(groups: dict[str, list[dict]]) -> str:
   """The code version of every finished run; a mix of versions is refused."""
-  return _one_value(groups, lambda run: run['code_version'], 'by different code',
+  return _one_value(groups, 'code_version', 'by different code',
                     'Retrain the older runs in a new experiment_dir.')
 
 
@@ -137,7 +137,7 @@ def vocabulary_fingerprint(model_path: str) -> str:
 
 def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:
   """The vocabulary fingerprint of every finished run; a mix is refused."""
-  return _one_value(groups, lambda run: run['vocabulary'], 'with different vocabularies',
+  return _one_value(groups, 'vocabulary', 'with different vocabularies',
                     'Train every run of one experiment with one vocabulary.')
 
 
