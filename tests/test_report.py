@@ -65,8 +65,11 @@ def study_dir(tmp_path_factory):
     for factor, diverged in ((1.0, False), (4.0, variant == 'baseline')):
       for warmup in (100, 0):
         name = f"{variant}_lr{factor:g}x_{'warmup' if warmup else 'no_warmup'}"
+        # pre_ln at 4x: translates with warm-up, collapses to commas without it.
+        hypotheses = ({100: degrade(REFERENCES, 2, 0), 0: [', ,'] * len(REFERENCES)}[warmup]
+                      if (variant, factor) == ('pre_ln', 4.0) else None)
         write_run(root / 'lr_grid' / name / 'seed_0', eval_losses=[3.0, 2.0 + factor / 10],
-                  train_losses=[3.0, 2.0], hypotheses=None, diverged=diverged,
+                  train_losses=[3.0, 2.0], hypotheses=hypotheses, diverged=diverged,
                   config={'learning_rate': 1e-3 * factor, 'warmup_steps': warmup})
   grid = sorted(os.path.relpath(p, root) for p in (root / 'lr_grid').iterdir())
   path = report.write_report(str(root), variants=['baseline', 'no_dropout'], lr_grid=grid)
@@ -139,7 +142,10 @@ def test_lr_grid_table_and_plots(study_dir):
   root, text = study_dir
   rows = table(text, '## Learning-rate')
   assert rows['baseline yes'][2:] == ['2.100', 'diverged']
-  assert rows['pre_ln no'][2:] == ['2.100', '2.400']
+  assert rows['pre_ln yes'][2:] == ['2.100', '2.400']
+  assert rows['pre_ln no'][2:] == ['2.100', '2.400 (collapsed)']
+  assert 'pre_ln without warm-up trained at 1 of 2 rates (collapsed at 0.004)' in text
+  assert 'baseline with warm-up trained at 1 of 2 rates (diverged at 0.004)' in text
   for plot in re.findall(r'\]\((plots/lr_sensitivity[^)]+)\)', text):
     assert os.path.getsize(root / plot) > 1000
   assert len(re.findall(r'plots/lr_sensitivity', text)) == 2

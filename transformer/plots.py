@@ -131,28 +131,34 @@ def plot_train_val_panels(runs: Mapping[str, Sequence[Sequence[dict]]], path: st
   return path
 
 
-def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, bool]]], path: str,
+def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, str]]], path: str,
                         *, title: str) -> Optional[str]:
   """Final validation loss against peak learning rate, one line per variant (log x).
 
-  `points[name]` holds (learning rate, final validation loss, diverged); a diverged run is
-  drawn as an x at the top of the axes, since it has no loss to plot.
+  `points[name]` holds (learning rate, final validation loss, status), status one of
+  'trained', 'collapsed' (drawn on the line, circled: its loss is real but it translates
+  nothing) and 'diverged' (an x at the top of the axes: it has no loss to plot).
   """
   if not any(points.values()):
     return None
-  finite = [loss for pts in points.values() for _, loss, bad in pts if not bad]
+  finite = [loss for pts in points.values() for _, loss, status in pts if status != 'diverged']
   top = max(finite) * 1.05 if finite else 1.0
   fig, ax = plt.subplots(figsize=(8, 5))
   for name, pts in points.items():
     pts = sorted(pts)
-    (line,) = ax.plot([lr for lr, _, bad in pts if not bad],
-                      [loss for _, loss, bad in pts if not bad], marker='o', label=name)
-    diverged = [lr for lr, _, bad in pts if bad]
+    kept = [(lr, loss, status) for lr, loss, status in pts if status != 'diverged']
+    (line,) = ax.plot([lr for lr, _, _ in kept], [loss for _, loss, _ in kept], marker='o',
+                      label=name)
+    collapsed = [(lr, loss) for lr, loss, status in kept if status == 'collapsed']
+    if collapsed:
+      ax.plot(*zip(*collapsed), linestyle='none', marker='o', markersize=14,
+              markerfacecolor='none', color=line.get_color())
+    diverged = [lr for lr, _, status in pts if status == 'diverged']
     if diverged:
       ax.plot(diverged, [top] * len(diverged), linestyle='none', marker='x', markersize=10,
               color=line.get_color())
   ax.set_xscale('log')
-  ax.set(title=title + ' (x: diverged)', xlabel='peak learning rate',
+  ax.set(title=title + ' (circled: collapsed, x: diverged)', xlabel='peak learning rate',
          ylabel='final validation loss')
   return _save_with_legend(fig, ax, path)
 

@@ -30,6 +30,10 @@ HYPOTHESES = 'test_hypotheses.en'  # Written by study.run_one (the best checkpoi
 # The baseline has begun to over-fit when its best validation loss comes before this
 # fraction of its budget (issue 18's requirement for a regime where regularizers can act).
 OVERFIT_BEFORE = 0.75
+# A grid run that kept finite losses but translates nothing: below this test BLEU it emits the
+# same few strings whatever the source (the failure of post-LN without warm-up, Xiong et al.
+# 2020). On the small study the collapsed runs score 0.003 and the weakest working one 0.19.
+COLLAPSED_BLEU = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,15 +296,20 @@ def _claim_lines(groups: dict[str, list[dict]], tests: dict[str, dict[int, dict]
 
 
 def _lr_grid(experiment_dir: str, names: Sequence[str]) -> dict[tuple[str, bool], list]:
-  """{(variant, warmup): [(peak rate, final validation loss, diverged)]} of the grid."""
+  """{(variant, warmup): [(peak rate, final validation loss, status)]} of the grid.
+
+  status: 'diverged' (stopped on NaN/Inf losses), 'collapsed' (finite losses, test BLEU
+  below COLLAPSED_BLEU) or 'trained'.
+  """
   points = {}
   for name, runs in _group(experiment_dir, names).items():
     for run in runs:
       config = run['config']
       variant = os.path.basename(name).split('_lr')[0]
       key = (variant, bool(config.get('warmup_steps')))
-      points.setdefault(key, []).append(
-          (config['learning_rate'], run['final_eval_loss'], bool(run['diverged'])))
+      status = ('diverged' if run['diverged'] else
+                'collapsed' if run['bleu'] < COLLAPSED_BLEU else 'trained')
+      points.setdefault(key, []).append((config['learning_rate'], run['final_eval_loss'], status))
   return {key: sorted(value) for key, value in points.items()}
 
 
@@ -308,13 +317,16 @@ def _lr_grid_lines(points: dict[tuple[str, bool], list], plot_dir: str) -> list[
   if not points:
     return []
   rates = sorted({lr for pts in points.values() for lr, _, _ in pts})
+  cell = lambda loss, status: {'diverged': 'diverged', 'collapsed': f'{loss:.3f} (collapsed)'
+                               }.get(status, f'{loss:.3f}')
   lines = ['## Learning-rate sensitivity', '',
            'Final validation loss after a short run (one seed), by peak learning rate, with and '
-           'without warm-up; "diverged": stopped on NaN/Inf losses.', '',
-           '| variant | warm-up | ' + ' | '.join(f'{lr:.2g}' for lr in rates) + ' |',
+           'without warm-up; "diverged": stopped on NaN/Inf losses; "collapsed": finite losses '
+           f'but test BLEU below {COLLAPSED_BLEU:g}, the same few strings whatever the source.',
+           '', '| variant | warm-up | ' + ' | '.join(f'{lr:.2g}' for lr in rates) + ' |',
            '|---|---|' + '---|' * len(rates)]
   for (variant, warmup), pts in sorted(points.items()):
-    found = {lr: ('diverged' if bad else f'{loss:.3f}') for lr, loss, bad in pts}
+    found = {lr: cell(loss, status) for lr, loss, status in pts}
     lines.append(f"| {variant} | {'yes' if warmup else 'no'} | " +
                  ' | '.join(found.get(lr, '–') for lr in rates) + ' |')
   lines.append('')
@@ -333,9 +345,13 @@ def _lr_reading(points: dict[tuple[str, bool], list]) -> str:
   """Per variant and warm-up: the rates it trained at, and how far its loss moved over them."""
   parts = []
   for (variant, warmup), pts in sorted(points.items()):
-    trained = [(lr, loss) for lr, loss, bad in pts if not bad]
+    trained = [(lr, loss) for lr, loss, status in pts if status == 'trained']
     what = (f"{variant} {'with' if warmup else 'without'} warm-up trained at "
             f'{len(trained)} of {len(pts)} rates')
+    for status in ('collapsed', 'diverged'):
+      failed = [f'{lr:.2g}' for lr, _, s in pts if s == status]
+      if failed:
+        what += f" ({status} at {', '.join(failed)})"
     if trained:
       best_rate, best_loss = min(trained, key=lambda t: t[1])
       what += (f', final loss {best_loss:.3f} at best (rate {best_rate:.2g}) to '
