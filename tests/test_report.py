@@ -195,8 +195,8 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
     text = f.read().split('## Questions a learner asks', 1)[1]
   assert 'from `baseline/seed_0`' in text  # The run the maps come from, named.
   assert '| cross | 0.70 | 0.30 |' in text
-  assert ("“Il mange du pain.” is the first of 4 candidate sentences whose translation has "
-          "the object's English word “bread”") in text
+  assert (f"“Il mange du pain.” is the first of {len(learner.VERB_SENTENCES)} candidate "
+          "sentences whose translation has the object's English word “bread”") in text
   assert '0.60 (uniform 0.20, 3.0×) on the object' in text
   assert '0.10 (uniform 0.40, 0.2×) on the verb' in text
   assert '0.50 (uniform 0.25, 2.0×) on the verb\'s translation `▁eateth`' in text
