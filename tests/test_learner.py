@@ -99,6 +99,24 @@ def test_translates_object_matches_whole_words_in_any_case():
   assert not learner.translates_object('', 'bread')
 
 
+def test_object_and_verb_outputs_are_their_english_words_else_the_most_aligned():
+  # Sources: ▁Il ▁prit ▁sa ▁femme .; outputs: ▁He ▁took ▁his ▁wi fe . </s>
+  pieces = ['▁He', '▁took', '▁his', '▁wi', 'fe', '.', '</s>']
+  cross = np.full((7, 5), 0.1)
+  cross[2, 3] = 0.9  # `▁his` reads "femme" most, but `▁wi` spells "wife".
+  cross[0, 1], cross[5, 1] = 0.5, 0.8  # "prit": `.` reads it most, yet comes after the object.
+  outputs = lambda verb, obj: learner.object_and_verb_outputs(
+      cross, [1], [3], pieces, learner.VerbSentence('Il prit sa femme.', 'prit', 'femme', verb,
+                                                    obj))
+  assert outputs('took', 'wife') == {'object': 3, 'object_by': 'word', 'verb': 1,
+                                     'verb_by': 'word'}
+  # Without the words in the output, the outputs most on the French words stand for them.
+  assert outputs('seized', 'woman') == {'object': 2, 'object_by': 'attention', 'verb': 0,
+                                        'verb_by': 'attention'}
+  assert outputs('took', 'he') == {'object': 0, 'object_by': 'word', 'verb': None,
+                                   'verb_by': None}
+
+
 def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measured):
   experiment_dir, measurements = measured
   out = measurements['attention']
@@ -108,24 +126,28 @@ def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measur
   assert len(os.listdir(maps)) == out['maps']
   for entropies in out['entropy_by_layer'].values():
     assert all(0 <= e <= 1 + 1e-6 for e in entropies)
-  sentence, verb_word, object_word, english_object = next(
-      candidate for candidate in learner.VERB_SENTENCES if candidate[0] == out['sentence'])
-  assert (out['verb'], out['object'], out['english_object']) == (
-      verb_word, object_word, english_object)
+  candidate = next(c for c in learner.VERB_SENTENCES if c.sentence == out['sentence'])
+  assert {key: out[key] for key in candidate._fields} == candidate._asdict()
   # The first candidate whose translation has the object, else the first of all.
-  chosen = [t['sentence'] for t in out['tried']].index(sentence) if out['translated_object'] else 0
+  chosen = ([t['sentence'] for t in out['tried']].index(candidate.sentence)
+            if out['translated_object'] else 0)
   assert out['tried'][chosen]['translation'] == out['translation']
-  assert not any(learner.translates_object(t['translation'], c[3])
+  assert not any(learner.translates_object(t['translation'], c.english_object)
                  for t, c in zip(out['tried'][:chosen], learner.VERB_SENTENCES))
-  assert out['translated_object'] == learner.translates_object(out['translation'], english_object)
-  source = tokenizer.encode(sentence) + [tokenizer.eos_id]
+  assert out['translated_object'] == learner.translates_object(out['translation'],
+                                                               candidate.english_object)
+  source = tokenizer.encode(candidate.sentence) + [tokenizer.eos_id]
   target = [tokenizer.processor.piece_to_id(p) for p in out['target_pieces']]
   cross = attention_maps.attention_weights(model, variables, source, target)['cross'][-1].mean(0)
-  verb = learner.word_positions(out['source_pieces'], verb_word)
-  obj = learner.word_positions(out['source_pieces'], object_word)
+  verb = learner.word_positions(out['source_pieces'], candidate.verb)
+  obj = learner.word_positions(out['source_pieces'], candidate.object)
   assert verb and obj  # The sentence's words are found in its pieces.
-  row = int(np.argmax(cross[:, obj].sum(1)))
+  spelled = learner.word_positions(out['target_pieces'], candidate.english_object)
+  row = spelled[0] if spelled else int(np.argmax(cross[:, obj].sum(1)))
   assert out['object_output'] == out['target_pieces'][row]
+  assert out['object_output_by'] == ('word' if spelled else 'attention')
+  assert out['object_row_label'] == (
+      attention_maps.BOS_PIECE if row == 0 else out['target_pieces'][row - 1])
   assert out['object_cross_on_verb'] == pytest.approx(float(cross[row, verb].sum()), abs=1e-6)
   assert out['uniform_cross_on_verb'] == len(verb) / len(source)
 

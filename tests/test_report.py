@@ -172,7 +172,9 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
           'translation': 'He eateth bread.',
           'entropy_by_layer': {'encoder_self': [0.9, 0.5], 'decoder_self': [0.8, 0.4],
                                'cross': [0.7, 0.3]},
-          'object_output': '▁bread', 'verb_output': '▁eateth', 'object_cross_on_object': 0.6,
+          'english_verb': 'eats', 'object_output': '▁bread', 'object_output_by': 'word',
+          'verb_output': '▁eateth', 'verb_output_by': 'attention', 'object_row_label': '▁eateth',
+          'object_cross_on_object': 0.6,
           'object_cross_on_verb': 0.1, 'uniform_cross_on_object': 0.2,
           'uniform_cross_on_verb': 0.4, 'object_self_on_verb_output': 0.5, 'uniform_self': 0.25},
       'word_order': {name: {'positions': positions, 'translations': list(translations),
@@ -197,6 +199,11 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
   assert '| cross | 0.70 | 0.30 |' in text
   assert (f"“Il mange du pain.” is the first of {len(learner.VERB_SENTENCES)} candidate "
           "sentences whose translation has the object's English word “bread”") in text
+  assert ("The object's translation is the first `▁bread` of the output (“bread”); the verb's, "
+          "among the outputs before it, `▁eateth`, the output whose cross-attention is most on "
+          "“mange” (no “eats” in the output). In the last layer (heads' mean), the "
+          "cross-attention row that writes `▁bread` (labelled `▁eateth`, its input, in the maps) "
+          "puts") in text
   assert '0.60 (uniform 0.20, 3.0×) on the object' in text
   assert '0.10 (uniform 0.40, 0.2×) on the verb' in text
   assert '0.50 (uniform 0.25, 2.0×) on the verb\'s translation `▁eateth`' in text

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,17 +37,25 @@ LEARNER_DIR = 'learner'
 LEARNER_FILE = 'measurements.json'
 ATTENTION_SUBDIR = 'attention'
 MEMORY_PLOT = 'memory_by_length.png'
-# The verb governs its object: does the object's translation look back at the verb? Maps mean
-# little from a model that does not translate the sentence, so the reading takes the first of
-# these whose translation has the object's English word. Each is (sentence, verb, object,
-# object in English), in words the Bible corpus has often; the last was added when the small
-# study's best model (BLEU 7.4) translated none of the others' objects.
+# The verb governs its object: does the object's translation look back at the verb's? Maps
+# mean little from a model that does not translate the sentence, so the reading takes the first
+# of these whose translation has the object's English word, in words the Bible corpus (World
+# English Bible) has often; the last was added when the small study's best model (BLEU 7.4)
+# translated none of the others' objects.
+class VerbSentence(NamedTuple):
+  sentence: str
+  verb: str
+  object: str
+  english_verb: str
+  english_object: str
+
+
 VERB_SENTENCES = (
-    ('Il mange du pain.', 'mange', 'pain', 'bread'),
-    ('Il prit le pain.', 'prit', 'pain', 'bread'),
-    ('Il bâtit une maison.', 'bâtit', 'maison', 'house'),
-    ('Dieu créa le ciel et la terre.', 'créa', 'ciel', 'heaven'),
-    ('Il prit sa femme.', 'prit', 'femme', 'wife'),
+    VerbSentence('Il mange du pain.', 'mange', 'pain', 'eats', 'bread'),
+    VerbSentence('Il prit le pain.', 'prit', 'pain', 'took', 'bread'),
+    VerbSentence('Il bâtit une maison.', 'bâtit', 'maison', 'built', 'house'),
+    VerbSentence('Dieu créa le ciel et la terre.', 'créa', 'ciel', 'created', 'heaven'),
+    VerbSentence('Il prit sa femme.', 'prit', 'femme', 'took', 'wife'),
 )
 # The same words in two orders: only positions tell who struck whom.
 ORDER_SENTENCES = ('Pierre frappa Jean.', 'Jean frappa Pierre.')
@@ -89,31 +97,28 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
 
   The sentence is the first whose greedy translation has its object's English word, or the
   first if none has ('translated_object' says which case). Figures are the heads' mean in
-  the last layer. The object's translation is the output position whose cross-attention
-  puts most weight on the object's pieces; the verb's, the one most on the verb's. Decoder
-  query t reads inputs 0..t, input j being output j - 1 (BOS first), so the verb's
-  translation is decoder key t_verb + 1.
+  the last layer; `object_and_verb_outputs` says which outputs are read. Decoder query t
+  reads inputs 0..t, input j being output j - 1 (BOS first), so the verb's translation is
+  decoder key t_verb + 1.
   """
   config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
   readings = []  # (candidate, translation, (source, target, weights)), in the order tried.
   for candidate in VERB_SENTENCES:
     source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
-                                                            candidate[0], search)
+                                                            candidate.sentence, search)
     translation = tokenizer.decode(target[:-1])
     readings.append((candidate, translation, (source, target, weights)))
-    if translated_object := translates_object(translation, candidate[3]):
+    if translated_object := translates_object(translation, candidate.english_object):
       break
   chosen = readings[-1] if translated_object else readings[0]  # None did: read the first.
-  (sentence, verb_word, object_word, english_object), translation, reading = chosen
-  source, target, weights = reading
+  candidate, translation, (source, target, weights) = chosen
   paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
   piece = lambda i: tokenizer.processor.id_to_piece(int(i))
   source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
   out = {
-      'workdir': workdir, 'step': step, 'sentence': sentence, 'verb': verb_word,
-      'object': object_word, 'english_object': english_object,
-      'tried': [{'sentence': c[0], 'translation': t} for c, t, _ in readings],
+      'workdir': workdir, 'step': step, **candidate._asdict(),
+      'tried': [{'sentence': c.sentence, 'translation': t} for c, t, _ in readings],
       'translated_object': translated_object,
       'translation': translation, 'source_pieces': source_pieces,
       'target_pieces': target_pieces, 'maps': len(paths),
@@ -122,23 +127,49 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
   }
   cross = weights['cross'][-1].mean(0)  # [target positions, source positions]
   decoder_self = weights['decoder_self'][-1].mean(0)
-  verb = word_positions(source_pieces, verb_word)
-  obj = word_positions(source_pieces, object_word)
+  verb = word_positions(source_pieces, candidate.verb)
+  obj = word_positions(source_pieces, candidate.object)
   if not (verb and obj):
     return out
-  t_object = int(cross[:, obj].sum(1).argmax())
-  t_verb = int(cross[:, verb].sum(1).argmax())
+  outputs = object_and_verb_outputs(cross, verb, obj, target_pieces, candidate)
+  t_object, t_verb = outputs['object'], outputs['verb']
   out.update({
-      'object_output': target_pieces[t_object], 'verb_output': target_pieces[t_verb],
+      'object_output': target_pieces[t_object], 'object_output_by': outputs['object_by'],
+      # The maps label a decoder row by its input, the output before: this row's label.
+      'object_row_label': ([attention_maps.BOS_PIECE] + target_pieces)[t_object],
       'object_cross_on_object': float(cross[t_object, obj].sum()),
       'object_cross_on_verb': float(cross[t_object, verb].sum()),
       'uniform_cross_on_object': len(obj) / len(source_pieces),
       'uniform_cross_on_verb': len(verb) / len(source_pieces),
   })
-  if t_verb < t_object:
-    out['object_self_on_verb_output'] = float(decoder_self[t_object, t_verb + 1])
-    out['uniform_self'] = 1 / (t_object + 1)
+  if t_verb is not None:
+    out.update({
+        'verb_output': target_pieces[t_verb], 'verb_output_by': outputs['verb_by'],
+        'object_self_on_verb_output': float(decoder_self[t_object, t_verb + 1]),
+        'uniform_self': 1 / (t_object + 1)})
   return out
+
+
+def object_and_verb_outputs(cross: np.ndarray, verb: Sequence[int], obj: Sequence[int],
+                            target_pieces: Sequence[str], candidate: VerbSentence) -> dict:
+  """Output positions of the object's and the verb's translations, and how each was found.
+
+  Each is the first piece of its English word where the output has it ('word'; the verb's
+  before the object's), else the output whose cross-attention (`cross`: [outputs, sources])
+  puts most weight on its French word's pieces ('attention'; the verb's among the outputs
+  before the object's). In English the verb comes before its object, so the object's output
+  can look back at it; 'verb' is None when no output comes before the object's.
+  """
+  spelled_object = word_positions(target_pieces, candidate.english_object)
+  t_object = spelled_object[0] if spelled_object else int(cross[:, obj].sum(1).argmax())
+  found = {'object': t_object, 'object_by': 'word' if spelled_object else 'attention',
+           'verb': None, 'verb_by': None}
+  if t_object == 0:
+    return found
+  spelled_verb = word_positions(target_pieces[:t_object], candidate.english_verb)
+  if spelled_verb:
+    return {**found, 'verb': spelled_verb[0], 'verb_by': 'word'}
+  return {**found, 'verb': int(cross[:t_object, verb].sum(1).argmax()), 'verb_by': 'attention'}
 
 
 def word_order(workdirs: dict[str, str]) -> dict:

@@ -465,9 +465,9 @@ def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
                     'found in the pieces of the sentence: not measured.', '']
   lines.append(
       _sentence_choice(attention) +
-      f" The output most aligned with “{attention['object']}” is `{attention['object_output']}`, "
-      f"with “{attention['verb']}” `{attention['verb_output']}` (last layer, heads' mean). The "
-      f"cross-attention row of `{attention['object_output']}` puts "
+      _object_and_verb_outputs(attention) + " In the last layer (heads' mean), the "
+      f"cross-attention row that writes `{attention['object_output']}` (labelled "
+      f"`{attention['object_row_label']}`, its input, in the maps) puts "
       f"{_share(attention['object_cross_on_object'], attention['uniform_cross_on_object'])} "
       f"on the object and "
       f"{_share(attention['object_cross_on_verb'], attention['uniform_cross_on_verb'])} on the "
@@ -476,9 +476,25 @@ def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
           f"{_share(attention['object_self_on_verb_output'], attention['uniform_self'])} on "
           f"the verb's translation `{attention['verb_output']}`."
           if 'object_self_on_verb_output' in attention else
-          " The verb's translation does not come before the object's, so the decoder's "
-          'self-attention toward it is not measured.'))
+          " No output comes before the object's, so the decoder's self-attention toward the "
+          "verb's translation is not measured."))
   return lines + ['']
+
+
+def _object_and_verb_outputs(attention: dict) -> str:
+  """Which outputs stand for the object and the verb, and how each was found."""
+  def found(role: str, french: str, english: str) -> str:
+    output = f"`{attention[role + '_output']}`"
+    if attention[role + '_output_by'] == 'word':
+      return f"the first {output} of the output (“{english}”)"
+    return (f"{output}, the output whose cross-attention is most on “{french}” (no “{english}” "
+            'in the output)')
+  text = (" The object's translation is "
+          + found('object', attention['object'], attention['english_object']))
+  if 'verb_output' in attention:
+    text += ("; the verb's, among the outputs before it, "
+             + found('verb', attention['verb'], attention['english_verb']))
+  return text + '.'
 
 
 def _sentence_choice(attention: dict) -> str:
