@@ -160,16 +160,22 @@ def object_and_verb_outputs(cross: np.ndarray, verb: Sequence[int], obj: Sequenc
   before the object's). In English the verb comes before its object, so the object's output
   can look back at it; 'verb' is None when no output comes before the object's.
   """
-  spelled_object = word_positions(target_pieces, candidate.english_object)
-  t_object = spelled_object[0] if spelled_object else int(cross[:, obj].sum(1).argmax())
-  found = {'object': t_object, 'object_by': 'word' if spelled_object else 'attention',
-           'verb': None, 'verb_by': None}
+  t_object, object_by = _output_of(candidate.english_object, target_pieces, cross, obj)
+  found = {'object': t_object, 'object_by': object_by, 'verb': None, 'verb_by': None}
   if t_object == 0:
     return found
-  spelled_verb = word_positions(target_pieces[:t_object], candidate.english_verb)
-  if spelled_verb:
-    return {**found, 'verb': spelled_verb[0], 'verb_by': 'word'}
-  return {**found, 'verb': int(cross[:t_object, verb].sum(1).argmax()), 'verb_by': 'attention'}
+  t_verb, verb_by = _output_of(candidate.english_verb, target_pieces[:t_object],
+                               cross[:t_object], verb)
+  return {**found, 'verb': t_verb, 'verb_by': verb_by}
+
+
+def _output_of(english: str, target_pieces: Sequence[str], cross: np.ndarray,
+               french: Sequence[int]) -> tuple[int, str]:
+  """The first output spelling `english` ('word'), else the one most on `french` ('attention')."""
+  spelled = word_positions(target_pieces, english)
+  if spelled:
+    return spelled[0], 'word'
+  return int(cross[:, french].sum(1).argmax()), 'attention'
 
 
 def word_order(workdirs: dict[str, str]) -> dict:
