@@ -60,8 +60,8 @@ def main(argv):
         beam_size=_BEAM_SIZE.value, length_penalty=_LENGTH_PENALTY.value,
         max_decode_len=_MAX_DECODE_LEN.value, batch_size=_BATCH_SIZE.value,
         nbest=_NBEST.value)
-    print(f"Translated {result['sentences']:,} sentences in {result['seconds']:.1f} s "
-          '(compilation included).', file=sys.stderr)
+    print(f"Translated {result['sentences']:,} sentences with {result['checkpoint']} in "
+          f"{result['seconds']:.1f} s (compilation included).", file=sys.stderr)
     if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
       print(*inference.score_lines(result), sep='\n', file=sys.stderr)
     cache = result['cache']

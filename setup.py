@@ -1,4 +1,4 @@
-"""Installs the `transformer` package; train.py and decode.py are thin entry scripts."""
+"""Installs the `transformer` package and the `configs` it trains; the entry scripts stay thin."""
 
 import setuptools
 
@@ -9,7 +9,7 @@ setuptools.setup(
     name='transformer',
     version='0.1.0',
     description='A French->English Transformer for studying normalization and regularization.',
-    packages=setuptools.find_packages(include=['transformer', 'transformer.*']),
+    packages=setuptools.find_packages(include=['transformer', 'transformer.*', 'configs']),
     package_data={'transformer.datasets': ['data/*.xz']},
     python_requires='>=3.10',
     install_requires=REQUIREMENTS,

@@ -28,7 +28,7 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print every run's budget, FLOPs 
                              'GPU time; train nothing.')
 # Only the fields given on the command line are applied to every run (each variant keeps
 # its own values for the rest); the base config here gives their names and types.
-_CONFIG = config_flags.DEFINE_config_dict(
+_CONFIG = cli.define_config_overrides(
     'config', base.get_config(), 'Overrides for every run: --config.<field>=value.')
 
 

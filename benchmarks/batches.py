@@ -12,8 +12,8 @@ FIXED_ROWS, FIXED_LENGTH = 64, 64
 
 def packed_batches(config, count: int) -> list[dict[str, np.ndarray]]:
   """The first `count` training batches of the real pipeline (tokenizer trained if needed)."""
-  tokenizer = input_pipeline.prepare(config)
-  iterator = input_pipeline.make_train_iterator(config, tokenizer)
+  iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
   return [next(iterator) for _ in range(count)]
 
 

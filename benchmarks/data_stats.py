@@ -26,7 +26,6 @@ from benchmarks import machine
 from configs import base
 from transformer import datasets
 from transformer import input_pipeline
-from transformer import tokenizer as tokenizer_lib
 
 _BATCHES = flags.DEFINE_integer('batches', 200, 'Training batches measured per dataset.')
 
@@ -46,15 +45,16 @@ def measure(config, num_batches: int) -> dict:
   datasets.build(config)
   build_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  tokenizer = tokenizer_lib.load_or_train(config)
+  input_pipeline.prepare_vocabulary(config)
   tokenizer_seconds = time.perf_counter() - start
-  splits = {s: len(datasets.data_source(config, s))
+  splits = {s: len(datasets.load_pairs(config, s))
             for s in ('train', 'validation', 'test')}
-  examples = input_pipeline.train_examples(config, tokenizer)
+  data = input_pipeline.prepare(config)
+  examples = data.train
   target_tokens_per_pair = float(np.mean([len(e['targets']) for e in examples]))
-  train = input_pipeline.make_train_iterator(config, tokenizer, examples=examples)
+  train = input_pipeline.make_train_iterator(config, examples)
   batches = [next(train) for _ in range(num_batches)]
-  evaluation = list(input_pipeline.make_eval_iterator(config, tokenizer, 'validation'))
+  evaluation = data.eval_batches['validation']
   shapes = collections.Counter(v.shape for b in batches + evaluation for v in b.values())
   return {
       'splits (train/validation/test)': '/'.join(f'{n:,}' for n in splits.values()),

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import machine
+from transformer import datasets
 from transformer import inference
 from transformer import input_pipeline
 from transformer import models
@@ -96,12 +97,12 @@ def search_fn(model, *, beam_size: int, cached: bool, max_decode_len: int, lengt
 def load_model(workdir):
   """(config, tokenizer, model, variables, description)."""
   if workdir:
-    config, tokenizer, model, variables, step = inference.load_trained(workdir)
+    config, tokenizer, model, variables, step, _ = inference.load_trained(workdir)
     # Restored on the training mesh; this benchmark runs plain jit on one device.
     variables = jax.device_get(variables)
     return config, tokenizer, model, variables, f'{workdir} (step {step})'
   config = _CONFIG.value
-  tokenizer = input_pipeline.prepare(config)
+  tokenizer = input_pipeline.prepare_vocabulary(config)
   model = models.make_model(config)
   dummy = jnp.ones((1, 8), jnp.int32)
   variables = model.init(jax.random.key(config.seed), dummy, dummy, train=False)
@@ -111,8 +112,8 @@ def load_model(workdir):
 def main(argv):
   del argv
   config, tokenizer, model, variables, description = load_model(_WORKDIR.value)
-  pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
-  translator = translator_lib.Translator(model, tokenizer, batch_size=len(pairs))
+  pairs = datasets.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(pairs))
   sources = translator.encode_sources([fr for fr, _ in pairs])
   source_len = translator_lib.bucket_length(max(map(len, sources)), model.config.max_len)
   inputs = np.zeros((len(sources), source_len), np.int32)

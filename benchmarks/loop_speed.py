@@ -25,9 +25,10 @@ import numpy as np
 from benchmarks import batches as batches_lib
 from benchmarks import machine
 from transformer import input_pipeline
-from transformer import metrics as metrics_lib
+
 from transformer import sharding
 from transformer import training
+from transformer import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/baseline.py:small',
                                           'Experiment config file.')
@@ -54,7 +55,8 @@ def isolated_step(config, repeats: int) -> float:
 
 def host_work_per_batch(config, count: int = 50) -> dict[str, float]:
   """Seconds per batch of the pipeline's next() and of sharding it onto the mesh."""
-  iterator = input_pipeline.make_train_iterator(config, input_pipeline.prepare(config))
+  iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
   mesh = sharding.make_mesh()
   next(iterator)
   start = time.perf_counter()
@@ -73,7 +75,7 @@ def loop(config, steps: int) -> list[float]:
   config.eval_every_steps = 0
   with tempfile.TemporaryDirectory() as workdir:
     training.train_and_evaluate(config, workdir)
-    rates = [row['time/tokens_per_second'] for row in metrics_lib.read_metrics(workdir)
+    rates = [row['time/tokens_per_second'] for row in workdir_lib.Workdir(workdir).metrics()
              if 'time/tokens_per_second' in row]
   return rates[1:]
 

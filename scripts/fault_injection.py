@@ -29,6 +29,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from transformer import workdir as workdir_lib
+
 _KILLS = flags.DEFINE_integer('kills', 10, 'SIGKILLs to send to the training run.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seeds the kill moments (not the training).')
 _STEPS = flags.DEFINE_integer('steps', 0, 'Training steps; 0 = 3 * kills + 4, enough to '
@@ -81,7 +83,7 @@ def saves_in_progress(workdir: str) -> set[tuple[str, int, int]]:
   """Orbax's temporary checkpoint folders, each as (name, inode, mtime): a killed run's
   leftover keeps its identity, a new save of the same step gets a new one."""
   found = set()
-  for path in glob.glob(os.path.join(workdir, 'checkpoints', '*orbax-checkpoint-tmp*')):
+  for path in glob.glob(os.path.join(workdir, workdir_lib.CHECKPOINTS, '*orbax-checkpoint-tmp*')):
     try:
       stat = os.stat(path)
     except FileNotFoundError:  # Renamed into place since the glob.
@@ -91,17 +93,16 @@ def saves_in_progress(workdir: str) -> set[tuple[str, int, int]]:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  folder = os.path.join(workdir, 'checkpoints')
+  folder = os.path.join(workdir, workdir_lib.CHECKPOINTS)
   names = os.listdir(folder) if os.path.isdir(folder) else []
   return sorted(int(name) for name in names if name.isdigit())
 
 
 def last_train_step(workdir: str) -> int:
   """The last step with a train/loss row (0 if none), however the file was left."""
-  from transformer import metrics  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)  # A half-written row is expected here.
   try:
-    rows = metrics.read_metrics(workdir)
+    rows = workdir_lib.Workdir(workdir).metrics()
   except (OSError, ValueError):
     return 0
   finally:
@@ -145,12 +146,12 @@ def final_state(workdir: str):
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   options = ocp.CheckpointManagerOptions(read_only=True)
-  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state',),
+  with ocp.CheckpointManager(os.path.join(workdir, workdir_lib.CHECKPOINTS), item_names=('state',),
                              options=options) as manager:
     step = manager.latest_step()
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   data = {}
-  for path in glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'data', '*.json')):
+  for path in glob.glob(os.path.join(workdir, workdir_lib.CHECKPOINTS, str(step), 'data', '*.json')):
     with open(path) as f:
       data[os.path.basename(path)] = json.load(f)
   return step, jax.tree_util.tree_leaves_with_path(state.state), data
@@ -159,7 +160,7 @@ def final_state(workdir: str):
 def metric_rows(workdir: str) -> list[dict]:
   from transformer import metrics  # pylint: disable=g-import-not-at-top
   rows = [{k: v for k, v in row.items() if not k.startswith(metrics.WALL_CLOCK_PREFIX)}
-          for row in metrics.read_metrics(workdir)]
+          for row in workdir_lib.Workdir(workdir).metrics()]
   return [row for row in rows if len(row) > 1]
 
 

@@ -100,8 +100,8 @@ def bible_config(tmp_path_factory):
 @pytest.fixture(scope='session')
 def bible_tokenizer(bible_config):
   """The real 4k vocabulary of the small config (a few seconds to train)."""
-  from transformer import tokenizer  # pylint: disable=g-import-not-at-top
-  return tokenizer.load_or_train(bible_config)
+  from transformer import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.prepare_vocabulary(bible_config)
 
 
 # A 1+1-layer, 16-wide model on 4 x 32/28-token batches, no evaluation: seconds a run on a CPU.

@@ -24,7 +24,6 @@ import pytest
 
 import conftest
 
-import configs
 from transformer import cli
 from transformer import config_checks
 from transformer import config_utils
@@ -33,6 +32,8 @@ from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer import steps
 from transformer import training
+from transformer import variants
+from transformer import workdir as workdir_lib
 from transformer.datasets import iwslt2017_fr_en
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def restore(workdir, step=None):
 def metric_rows(workdir):
   """metrics.jsonl less the wall-clock keys, which no two runs share."""
   rows = [{k: v for k, v in row.items() if not k.startswith(metrics_lib.WALL_CLOCK_PREFIX)}
-          for row in metrics_lib.read_metrics(workdir)]
+          for row in workdir_lib.Workdir(workdir).metrics()]
   return [row for row in rows if len(row) > 1]
 
 
@@ -120,7 +121,7 @@ def test_unknown_norm_fails_before_the_workdir_is_claimed(bible_config, tmp_path
 
 def test_unknown_variant_lists_the_known_ones():
   with pytest.raises(ValueError, match=r"Unknown variant 'pre_norm'; configs/ has: .*pre_ln"):
-    configs.get_variant('pre_norm', 'small')
+    variants.get_variant('pre_norm', 'small')
 
 
 def test_unwritable_workdir_fails_before_training(bible_config, tmp_path, monkeypatch):
@@ -148,7 +149,7 @@ def test_checkpoint_of_another_model_shape_is_refused_and_kept(unbroken, tmp_pat
   workdir = os.fspath(tmp_path / 'run')
   shutil.copytree(unbroken, workdir)
   before = snapshot(workdir)
-  config = tiny(training.checkpoints.load_config(workdir).data_dir, **{'model.emb_dim': 32})
+  config = tiny(workdir_lib.Workdir(workdir).config().data_dir, **{'model.emb_dim': 32})
   with pytest.raises(ValueError, match=r'model\.emb_dim: 16 in the workdir, 32 now'):
     training.train_and_evaluate(config, workdir)
   assert snapshot(workdir) == before
@@ -160,7 +161,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(unbroken, tmp_
   shutil.copytree(unbroken, workdir)
   for path in glob.glob(os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'd', '*')):
     os.truncate(path, 10)
-  config = training.checkpoints.load_config(workdir)
+  config = workdir_lib.Workdir(workdir).config()
   with caplog.at_level(logging.WARNING):
     training.train_and_evaluate(config, workdir)
   warnings = '\n'.join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
@@ -175,9 +176,9 @@ def test_unreadable_checkpoints_are_an_error_that_moves_nothing(unbroken, tmp_pa
   shutil.copytree(unbroken, workdir)
   for path in glob.glob(os.path.join(workdir, 'checkpoints', '*', 'data', '*.json')):
     os.remove(path)
-  with pytest.raises(RuntimeError, match=r'No checkpoint .* can be restored:\n  step 8: .*'
+  with pytest.raises(cli.UserError, match=r'No checkpoint .* can be restored:\n  step 8: .*'
                      r'process_0-of-1\.json does not exist'):
-    training.train_and_evaluate(training.checkpoints.load_config(workdir), workdir)
+    training.train_and_evaluate(workdir_lib.Workdir(workdir).config(), workdir)
   assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
 
 
@@ -221,7 +222,7 @@ def test_nan_losses_stop_the_run_with_the_last_checkpoint_intact(bible_config, t
 
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   workdir = os.fspath(tmp_path / 'run')
-  data_dir = training.checkpoints.load_config(unbroken).data_dir
+  data_dir = workdir_lib.Workdir(unbroken).config().data_dir
   # Checkpoints only at the end: the one found after SIGTERM is the handler's.
   log_path = tmp_path / 'train.log'
   with open(log_path, 'w') as log:  # Not a pipe: orbax logs enough to fill one and block.
@@ -230,7 +231,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   deadline = time.monotonic() + 300
   while process.poll() is None and time.monotonic() < deadline:
-    if any('train/loss' in row for row in metrics_lib.read_metrics(workdir)):
+    if any('train/loss' in row for row in workdir_lib.Workdir(workdir).metrics()):
       process.send_signal(signal.SIGTERM)
       break
     time.sleep(0.005)
@@ -241,7 +242,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   step, _ = restore(workdir)
   assert 0 < step < STEPS  # Stopped mid-run ...
   assert max(row['step'] for row in metric_rows(workdir)) == step  # ... with its rows written.
-  training.train_and_evaluate(training.checkpoints.load_config(workdir), workdir)
+  training.train_and_evaluate(workdir_lib.Workdir(workdir).config(), workdir)
   assert_same_run(unbroken, workdir)
 
 
@@ -273,9 +274,9 @@ def _bad_value(field, value):
 
 
 def test_every_field_of_every_variant_has_a_rule():
-  for name in configs.variant_names():
+  for name in variants.variant_names():
     for scale in ('full', 'small'):
-      fields = config_utils.flatten(configs.get_variant(name, scale).to_dict())
+      fields = config_utils.flatten(variants.get_variant(name, scale).to_dict())
       assert sorted(set(fields) - set(config_checks.RULES)) == [], name
 
 
@@ -313,7 +314,7 @@ def trained(unbroken, tmp_path):
 
 
 def test_no_checkpoint_kept_is_refused_on_a_resume(trained):
-  config = training.checkpoints.load_config(trained)
+  config = workdir_lib.Workdir(trained).config()
   config.max_checkpoints_to_keep = 0
   assert_refused(lambda: training.train_and_evaluate(config, trained),
                  r'config\.max_checkpoints_to_keep must be an integer >= 1, got 0', trained)
@@ -322,12 +323,12 @@ def test_no_checkpoint_kept_is_refused_on_a_resume(trained):
 def test_deleted_checkpoints_do_not_restart_and_rewrite_history(trained):
   shutil.rmtree(os.path.join(trained, 'checkpoints'))
   assert_refused(lambda: training.train_and_evaluate(
-      training.checkpoints.load_config(trained), trained),
+      workdir_lib.Workdir(trained).config(), trained),
       r'records training up to step 8 but its checkpoints/ holds none', trained)
 
 
 def test_fewer_steps_than_trained_is_refused(trained):
-  config = training.checkpoints.load_config(trained)
+  config = workdir_lib.Workdir(trained).config()
   config.num_train_steps = 4
   assert_refused(lambda: training.train_and_evaluate(config, trained),
                  r'trained to step 8, past num_train_steps=4.*num_train_steps=8 or more', trained)
@@ -335,23 +336,23 @@ def test_fewer_steps_than_trained_is_refused(trained):
 
 @pytest.mark.parametrize('variant', ['baseline', 'pre_ln'])
 def test_checkpoints_without_config_json_are_claimed_by_no_config(trained, variant):
-  config = training.checkpoints.load_config(trained)
+  config = workdir_lib.Workdir(trained).config()
   if variant != 'baseline':
     config.model.norm_position = 'pre'
   os.remove(os.path.join(trained, 'config.json'))
   assert_refused(lambda: training.train_and_evaluate(config, trained),
-                 r'holds checkpoints and metrics\.jsonl but no config\.json', trained)
+                 r'holds .*checkpoints, metrics\.jsonl.* but no config\.json', trained)
 
 
 def test_malformed_metrics_row_is_named_before_any_write(trained):
-  path = os.path.join(trained, metrics_lib.METRICS_FILE)
+  path = os.path.join(trained, workdir_lib.METRICS)
   with open(path) as f:
     lines = f.readlines()
   lines[2] = '{"step": 1, oops\n'
   with open(path, 'w') as f:
     f.writelines(lines)
   assert_refused(lambda: training.train_and_evaluate(
-      training.checkpoints.load_config(trained), trained),
+      workdir_lib.Workdir(trained).config(), trained),
       r'metrics\.jsonl:3 is not a JSON row', trained)
 
 
@@ -424,7 +425,7 @@ def test_ctrl_c_saves_like_sigterm_and_says_how_to_resume(unbroken, tmp_path, mo
     return real_shard_batch(batch, mesh)
 
   monkeypatch.setattr(sharding, 'shard_batch', shard_batch)
-  config = training.checkpoints.load_config(unbroken)
+  config = workdir_lib.Workdir(unbroken).config()
   config.checkpoint_every_steps = STEPS
   with caplog.at_level(logging.WARNING):
     training.train_and_evaluate(config, workdir)

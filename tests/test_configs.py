@@ -6,18 +6,18 @@ import pathlib
 
 import pytest
 
-import configs
-from configs import __main__ as configs_main
+from transformer import variants
+
 from configs import base
 
-VARIANTS = configs.variant_names()
+VARIANTS = variants.variant_names()
 STUDY = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero', 'no_dropout',
          'strong_dropout', 'label_smoothing', 'r_drop')
 
 
 def assigned_fields(name: str) -> set[str]:
   """Dotted fields the file assigns (`config.a.b = ...`), read from its source, not run."""
-  tree = ast.parse(pathlib.Path(configs.__file__).with_name(f'{name}.py').read_text())
+  tree = ast.parse(pathlib.Path(base.__file__).with_name(f'{name}.py').read_text())
   fields = set()
   for node in ast.walk(tree):
     if isinstance(node, ast.Assign):
@@ -39,7 +39,7 @@ def test_the_ten_study_variants_exist():
 @pytest.mark.parametrize('name', VARIANTS)
 def test_variant_changes_only_what_it_names(name, scale):
   variant = importlib.import_module(f'configs.{name}').get_config(scale)
-  diff = configs.config_diff(variant, base.get_config(scale))
+  diff = variants.config_diff(variant, base.get_config(scale))
   named = assigned_fields(name)
   assert set(diff) <= named  # Nothing changed behind the reader's back...
   assert {field for field in named if field in diff} == named  # ...and no no-op assignment.
@@ -48,7 +48,7 @@ def test_variant_changes_only_what_it_names(name, scale):
 
 def test_expected_differences():
   def diff(name):
-    return configs.config_diff(importlib.import_module(f'configs.{name}').get_config(), base.get_config())
+    return variants.config_diff(importlib.import_module(f'configs.{name}').get_config(), base.get_config())
   assert diff('pre_ln') == {'model.norm_position': ('post', 'pre')}
   assert diff('no_dropout') == {'model.dropout_rate': (0.1, 0.0)}
   assert diff('label_smoothing') == {'label_smoothing': (0.0, 0.1)}
@@ -59,9 +59,9 @@ def test_expected_differences():
 
 
 def test_table_lists_every_difference():
-  table = configs_main.variant_table('full')
+  table = variants.variant_table('full')
   print(table)  # pytest -s shows it; the README carries a copy.
   assert '| rezero | `model.residual` | identity | rezero |' in table
   assert table.count('\n') == 1 + sum(
-      max(1, len(configs.config_diff(importlib.import_module(f'configs.{n}').get_config(),
+      max(1, len(variants.config_diff(importlib.import_module(f'configs.{n}').get_config(),
                                      base.get_config()))) for n in VARIANTS)

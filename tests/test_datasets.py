@@ -17,7 +17,7 @@ BIBLE_SIZES = {'train': 28_581, 'validation': 1_006, 'test': 1_515}
 
 
 def test_bible_split_sizes(bible_config):
-  sizes = {s: len(datasets.data_source(bible_config, s)) for s in BIBLE_SIZES}
+  sizes = {s: len(datasets.load_pairs(bible_config, s)) for s in BIBLE_SIZES}
   assert sizes == BIBLE_SIZES
   assert sum(sizes.values()) == 31_102
 
@@ -134,7 +134,7 @@ def test_iwslt_bad_utf8_names_file_and_line(tmp_path):
 
 def test_unknown_split_is_an_error(bible_config):
   with pytest.raises(ValueError, match="no split 'dev'"):
-    datasets.data_source(bible_config, 'dev')
+    datasets.load_pairs(bible_config, 'dev')
 
 
 def test_plain_tfds_data_source_works_without_tensorflow(tmp_path):

@@ -17,12 +17,11 @@ import pytest
 
 import conftest
 from configs import base
-from transformer import checkpoints
 from transformer import config_utils
 from transformer import inference
-from transformer import input_pipeline
-from transformer import metrics as metrics_lib
+from transformer import datasets
 from transformer import training
+from transformer import workdir as workdir_lib
 
 
 @pytest.fixture(scope='module')
@@ -46,13 +45,14 @@ def test_full_config_trains_and_decodes_an_average(iwslt_release, tmp_path):
   assert (config.model.num_layers, config.model.emb_dim, config.model.mlp_dim) == (6, 512, 2048)
   workdir = os.fspath(tmp_path / 'run')
   training.train_and_evaluate(config, workdir)
-  assert checkpoints.saved_steps(workdir, 'checkpoints') == [1, 2]
-  rows = metrics_lib.read_metrics(workdir)
+  run = workdir_lib.Workdir(workdir)
+  assert run.saved_steps() == [1, 2]
+  rows = run.metrics()
   assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2]
   assert all(math.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
 
   # The five shortest: one length bucket, so beam search compiles once at this size.
-  pairs = sorted(input_pipeline.load_pairs(checkpoints.load_config(workdir), 'test'),
+  pairs = sorted(datasets.load_pairs(run.config(), 'test'),
                  key=lambda pair: len(pair[0]))[:5]
   source, reference = tmp_path / 'test.fr', tmp_path / 'test.en'
   source.write_text(''.join(fr + '\n' for fr, _ in pairs), encoding='utf-8')

@@ -7,14 +7,15 @@ import orbax.checkpoint as ocp
 
 import conftest
 from configs import base
-from transformer import checkpoints
+from transformer import inference
 from transformer import config_checks
 from transformer import input_pipeline
-from transformer import metrics as metrics_lib
+
 from transformer import models
 from transformer import sharding
 from transformer import steps
 from transformer import training
+from transformer import workdir as workdir_lib
 
 
 def _two_steps(config, micro_batches, mesh):
@@ -39,7 +40,8 @@ def test_two_half_batches_accumulated_equal_the_full_batch(bible_config, bible_t
   """
   exact = {'model.dropout_rate': 0.0, 'adam_eps': 1.0}
   full = conftest.tiny_config(bible_config.data_dir, **exact)
-  batch = next(input_pipeline.make_train_iterator(full, bible_tokenizer))
+  batch = next(input_pipeline.make_train_iterator(
+      full, input_pipeline.prepare(full, evaluate=False).train))
   halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
   assert np.sum(halves[0]['targets'] > 0) != np.sum(halves[1]['targets'] > 0)
   accumulated = conftest.tiny_config(bible_config.data_dir, batch_size=2, grad_accum_steps=2,
@@ -72,7 +74,8 @@ def test_bfloat16_trains_finite_and_close_to_float32(bible_config, bible_tokeniz
     mesh = sharding.make_mesh()
     compiled = steps.compile_steps(config, mesh)
     state = compiled.init()
-    iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+    iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
     losses[dtype] = []
     for _ in range(3):
       state, metrics = compiled.train(state, sharding.shard_batch(next(iterator), mesh))
@@ -108,13 +111,13 @@ def test_average_of_checkpoints_is_the_mean_of_their_parameters(bible_config, tm
     for step in (3, 4):
       saved.append(manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract))).state)
-  averaged, step = checkpoints.restore_params(str(tmp_path), 'average:2', abstract)
-  assert step == 4
+  averaged = inference.load_trained(str(tmp_path), 'average:2')
+  assert averaged.step == 4
   for name in ('params', 'batch_stats'):
     expected = jax.tree.map(lambda a, b: (np.asarray(a, np.float64) + b) / 2,
                             getattr(saved[0], name), getattr(saved[1], name))
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-6),
-                 getattr(averaged, name), expected)
+                 averaged.variables[name], expected)
   assert not np.allclose(saved[0].params['shared_embedding']['embedding'],
                          saved[1].params['shared_embedding']['embedding'])
 
@@ -130,11 +133,11 @@ def test_patience_stops_the_run_and_a_resumed_run_stays_stopped(bible_config, tm
   last = training.train_and_evaluate(config, str(tmp_path))
   # Best 7.0 at the 2nd evaluation; the 3rd and 4th do not beat it: stop at step 4.
   assert last['train/stopped_early_at_step'] == 4
-  rows = metrics_lib.read_metrics(str(tmp_path))
+  rows = workdir_lib.Workdir(str(tmp_path)).metrics()
   assert [r['eval/bleu'] for r in rows if 'eval/bleu' in r] == [5.0, 7.0, 6.0, 6.5]
-  assert checkpoints.Checkpointer(str(tmp_path), max_to_keep=2).latest_step() == 4
+  assert workdir_lib.Workdir(str(tmp_path)).saved_steps()[-1] == 4
   training.train_and_evaluate(config, str(tmp_path))  # Counts from metrics.jsonl: no step.
-  assert metrics_lib.read_metrics(str(tmp_path))[-1]['step'] == 4
+  assert workdir_lib.Workdir(str(tmp_path)).metrics()[-1]['step'] == 4
   assert training.evaluations_since_best([1.0, 3.0, 2.0]) == 1
   assert training.evaluations_since_best([]) == 0
 

@@ -55,10 +55,10 @@ def write(path, lines):
 
 
 def test_input_order_kept_across_buckets(trained):
-  _, tokenizer, model, variables, _ = trained
+  _, tokenizer, model, variables, _, _ = trained
   variables = perturbed(variables)
   sentences = [LONG, SHORT, MIDDLE, MEDIUM, 'Et cela fut ainsi.', LONG + ' Dieu vit.']
-  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=2)
   sources = translator.encode_sources(sentences)
   buckets = {translator_lib.bucket_length(len(s), MAX_LEN) for s in sources}
   assert buckets == {16, 32, 48}  # The list really spans every bucket, out of order.
@@ -107,7 +107,7 @@ def test_decode_cli_input_errors_are_one_line(workdir, stdin, message):
 
 
 def test_too_long_sentence_is_truncated_with_a_warning(trained, workdir, tmp_path, caplog):
-  _, tokenizer, _, _, _ = trained
+  _, tokenizer, _, _, _, _ = trained
   too_long = ' '.join([LONG] * 3)
   assert len(tokenizer.encode(too_long)) + 1 > MAX_LEN
   with caplog.at_level(logging.WARNING):
@@ -146,10 +146,10 @@ def full_forward_greedy(model, variables, source, limit, eos_id):
 @pytest.mark.parametrize('noise', [False, True], ids=['trained', 'perturbed'])
 @pytest.mark.parametrize('cap', [None, 7], ids=['ratio_rule', 'max_decode_len'])
 def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
-  _, tokenizer, model, variables, _ = trained
+  _, tokenizer, model, variables, _, _ = trained
   if noise:
     variables = perturbed(variables)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, 'Et le soir vint.'])
   search = translator_lib.SearchConfig(beam_size=1, length_ratio=0.5, length_offset=3,
                                   max_decode_len=cap)
@@ -166,9 +166,9 @@ def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(t
 
   Reference: search_lib.beam_search over the model's whole cache, every leaf reordered.
   """
-  _, tokenizer, model, variables, _ = trained
+  _, tokenizer, model, variables, _, _ = trained
   variables = perturbed(variables)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, MIDDLE, 'Et le soir vint.'])
   search = translator_lib.SearchConfig(beam_size=4, max_decode_len=8)
   got = translator.translate_ids(variables, sources, search)
@@ -192,7 +192,7 @@ def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(t
 
 
 def test_attention_maps(trained, tmp_path):
-  config, tokenizer, model, variables, _ = trained
+  config, tokenizer, model, variables, _, _ = trained
   variables = perturbed(variables)
   paths, weights = attention_maps.write_attention_maps(
       model, variables, tokenizer, SHORT, os.fspath(tmp_path),
@@ -227,7 +227,7 @@ def test_attention_maps(trained, tmp_path):
 
 
 def test_cache_report_matches_the_real_cache(trained, workdir, tmp_path):
-  config, _, model, variables, _ = trained
+  config, _, model, variables, _, _ = trained
   result = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', [SHORT, MIDDLE]),
                              output_path=os.fspath(tmp_path / 'out.en'), beam_size=2)
   assert {row['source_len'] for row in result['cache']} == {16, 32}
@@ -264,7 +264,9 @@ def test_decode_cli_prints_what_the_sacrebleu_cli_prints(trained, workdir, tmp_p
   assert [line.strip() for line in printed] == [line.strip() for line in expected]
   assert len(printed) == 2
   assert 'KV cache: batch 2 x beam 1' in decoded.stderr
-  assert f'Translated {len(sources)} sentences in ' in decoded.stderr
+  assert (f'Translated {len(sources)} sentences with the best checkpoint (step 2) in '
+          in decoded.stderr)
+  assert decoded.stderr.count('Translated ') == 1  # Said once.
   config = trained[0]
   assert len(list(maps.glob('*.png'))) == 3 * config.model.num_layers * config.model.num_heads
 
@@ -334,7 +336,7 @@ def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
   log-probabilities (the pad id excluded, as in search) over the GNMT length penalty.
   """
   import json  # pylint: disable=g-import-not-at-top
-  config, tokenizer, model, variables, _ = trained
+  config, tokenizer, model, variables, _, _ = trained
   lines = [SHORT, MEDIUM]
   source = write(tmp_path / 'in.fr', lines)
   plain = inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'a'),
@@ -348,7 +350,7 @@ def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
     scores = [h['score'] for h in row['hypotheses']]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
 
-  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=2)
   search = translator_lib.SearchConfig(beam_size=4, length_penalty=config.length_penalty,
                                        nbest=3)
   ids, score = translator.search_ids(variables, translator.encode_sources([MEDIUM]), search)[0][0]
@@ -363,3 +365,24 @@ def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
   penalty = ((5 + len(target)) / 6) ** config.length_penalty
   np.testing.assert_allclose(score, total / penalty, rtol=1e-4)
   np.testing.assert_allclose(score, rows[1]['hypotheses'][0]['score'], rtol=1e-5)
+
+
+def test_python_translator_is_decode_py_in_a_few_lines(workdir, tmp_path):
+  """Translator.from_workdir gives decode.py's translations and n-best scores, in order."""
+  import json  # pylint: disable=g-import-not-at-top
+  lines = [MEDIUM, SHORT, '', LONG]
+  source = write(tmp_path / 'in.fr', lines)
+  inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'nbest'),
+                   beam_size=3, nbest=2)
+  rows = [json.loads(line) for line in (tmp_path / 'nbest').read_text().splitlines()]
+  translator = inference.Translator.from_workdir(workdir)
+  assert translator.checkpoint == 'the best checkpoint (step 2)'
+  found = translator.translate_nbest(lines, n=2, beam_size=3)
+  assert [[text for text, _ in hypotheses] for hypotheses in found] == [
+      [h['text'] for h in row['hypotheses']] for row in rows]
+  np.testing.assert_allclose([s for hypotheses in found[:2] for _, s in hypotheses],
+                             [h['score'] for row in rows[:2] for h in row['hypotheses']],
+                             rtol=1e-6)
+  plain = inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'out'))
+  assert translator.translate(lines) == plain['hypotheses']
+  assert translator.translate(lines)[2] == ''  # An empty line gives an empty translation.

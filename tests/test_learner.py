@@ -13,6 +13,7 @@ from transformer import inference
 from transformer import learner
 from transformer import models
 from transformer import norms
+from transformer import workdir as workdir_lib
 
 
 SENTENCES = 70  # Validation sentences of the batch-statistics measurement.
@@ -85,7 +86,7 @@ def test_memory_is_the_cache_formula_and_layers_x_heads_x_length_squared(tiny_wo
   out = learner.memory_by_length(tiny_workdir, os.fspath(tmp_path / 'memory.png'),
                                  lengths=(8, 16, 32))
   assert os.path.getsize(tmp_path / 'memory.png') > 0
-  config = models.ModelConfig.from_config(inference.checkpoints.load_config(tiny_workdir).model)
+  config = models.ModelConfig.from_config(workdir_lib.Workdir(tiny_workdir).config().model)
   assert out['cache_bytes'] == [models.cache_bytes(config, batch=1, beam=1, source_len=n,
                                                    max_decode_len=n) for n in (8, 16, 32)]
   # Encoder self, decoder self and cross: one float32 [heads, n, n] each, every layer.
@@ -120,9 +121,9 @@ def test_object_and_verb_outputs_are_their_english_words_else_the_most_aligned()
 def test_attention_reading_takes_the_object_row_of_the_maps(tiny_workdir, measured):
   experiment_dir, measurements = measured
   out = measurements['attention']
-  config, tokenizer, model, variables, _ = inference.load_trained(tiny_workdir)
+  config, tokenizer, model, variables, _, _ = inference.load_trained(tiny_workdir)
   assert out['maps'] == 3 * config.model.num_layers * config.model.num_heads
-  maps = experiment_dir / learner.LEARNER_DIR / learner.ATTENTION_SUBDIR
+  maps = experiment_dir / 'learner' / 'attention'
   assert len(os.listdir(maps)) == out['maps']
   for entropies in out['entropy_by_layer'].values():
     assert all(0 <= e <= 1 + 1e-6 for e in entropies)
@@ -162,7 +163,10 @@ def test_without_positions_both_word_orders_translate_alike(measured):
 
 def test_measure_writes_every_measurement_and_the_memory_plot(measured):
   experiment_dir, measurements = measured
-  assert set(measurements) == {'attention', 'word_order', 'batch_statistics', 'memory'}
-  assert os.path.getsize(experiment_dir / learner.LEARNER_DIR / learner.MEMORY_PLOT) > 0
+  assert set(measurements) == {'verb_sentences', 'order_sentences', 'attention', 'word_order',
+                               'batch_statistics', 'memory'}
+  assert measurements['verb_sentences'] == [c.sentence for c in learner.VERB_SENTENCES]
+  assert measurements['order_sentences'] == list(learner.ORDER_SENTENCES)
+  assert os.path.getsize(experiment_dir / 'learner' / 'memory_by_length.png') > 0
   assert measurements['memory']['lengths'] == [n for n in learner.MEMORY_LENGTHS
                                                if n <= conftest.MAX_LEN]

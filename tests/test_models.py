@@ -10,11 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-import configs
+from transformer import variants
 from configs import base
 from transformer import models
 
-VARIANTS = configs.variant_names()
+VARIANTS = variants.variant_names()
 Transformer = models.Transformer
 
 # Source length 5, target length 3; row 1 is padded in both.

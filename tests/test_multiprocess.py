@@ -20,11 +20,12 @@ import pytest
 import conftest
 
 from transformer import input_pipeline
-from transformer import metrics as metrics_lib
+
 from transformer import sharding
 from transformer import steps
-from transformer import tokenizer as tokenizer_lib
+
 from transformer import training
+from transformer import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
@@ -58,14 +59,14 @@ def latest_state(workdir, like=None):
 
 
 def train_rows(workdir):
-  return [row for row in metrics_lib.read_metrics(workdir) if 'train/loss' in row]
+  return [row for row in workdir_lib.Workdir(workdir).metrics() if 'train/loss' in row]
 
 
 class BothShards:
   """What a 2-process run's global batch holds, for one process: shard 0's rows, then 1's."""
 
-  def __init__(self, config, tokenizer, make_iterator):
-    self.shards = [make_iterator(config, tokenizer, process_index=i, process_count=2)
+  def __init__(self, config, examples, make_iterator):
+    self.shards = [make_iterator(config, examples, process_index=i, process_count=2)
                    for i in range(2)]
 
   def __next__(self):
@@ -93,7 +94,7 @@ def data_dir(tmp_path_factory):
 def tokenizer(two_processes, data_dir):
   """The vocabulary process 0 trained (the others waited for it)."""
   del two_processes
-  return tokenizer_lib.load_or_train(tiny(data_dir))
+  return input_pipeline.prepare_vocabulary(tiny(data_dir))
 
 
 @pytest.fixture(scope='module')
@@ -135,7 +136,7 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
   assert jax.device_count() == 2  # conftest.py asks XLA for two CPU devices.
   make_iterator = input_pipeline.make_train_iterator
   monkeypatch.setattr(training.input_pipeline, 'make_train_iterator',
-                      lambda config, tokenizer, **_: BothShards(config, tokenizer, make_iterator))
+                      lambda config, examples, **_: BothShards(config, examples, make_iterator))
   training.train_and_evaluate(tiny(data_dir), os.fspath(tmp_path))
 
   step_sp, state_sp = latest_state(tmp_path)
@@ -151,7 +152,9 @@ def test_two_processes_train_what_one_process_with_two_devices_does(
 
 def test_each_process_reads_and_checkpoints_its_own_shard(two_processes, data_dir, tokenizer):
   config = tiny(data_dir)
-  shards = BothShards(config, tokenizer, input_pipeline.make_train_iterator).shards
+  del tokenizer  # Trained by process 0 of the two-process run; prepare loads it.
+  shards = BothShards(config, input_pipeline.prepare(config, evaluate=False).train,
+                      input_pipeline.make_train_iterator).shards
   tokens = []
   for _ in range(STEPS):
     per_shard = [int(np.sum(next(shard)['targets'] > 0)) for shard in shards]
@@ -173,7 +176,8 @@ def test_gradient_is_not_multiplied_by_the_device_count(bible_config, bible_toke
   top doubled it on two devices (Adam hid it; clipping and the grad_norm metric did not).
   """
   config = tiny(bible_config.data_dir, **{'model.dropout_rate': 0.0})
-  batch = next(input_pipeline.make_train_iterator(config, bible_tokenizer))
+  batch = next(input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train))
   norms = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = jax.make_mesh((len(devices),), (sharding.AXIS,), devices=devices)

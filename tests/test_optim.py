@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-import configs
+from transformer import variants
 from configs import base
 from transformer import config_utils
 from transformer import models
@@ -69,7 +69,7 @@ def test_weight_decay_spares_vectors_and_clipping_bounds_the_update():
   assert optax.tree.norm(optax.clip_by_global_norm(1e-3).update(huge, None)[0]) <= 1.0001e-3
 
 
-@pytest.mark.parametrize('variant', configs.variant_names())
+@pytest.mark.parametrize('variant', variants.variant_names())
 def test_weight_decay_mask_decays_exactly_the_weight_matrices(variant):
   """On the real model's parameters: kernels and the embedding, counted by formula.
 
@@ -77,7 +77,7 @@ def test_weight_decay_mask_decays_exactly_the_weight_matrices(variant):
   plus the V·d shared embedding. The q/k/v biases are [heads, head_dim], rank 2 like a
   matrix, and must not be decayed; nor any norm parameter or ReZero gate.
   """
-  config = configs.get_variant(variant, 'small')
+  config = variants.get_variant(variant, 'small')
   d, h, f, n, vocab = 8, 8, 12, 2, 11
   config_utils.apply_overrides(config, {'vocab_size': vocab, 'model.emb_dim': d,
                                         'model.qkv_dim': h, 'model.mlp_dim': f,

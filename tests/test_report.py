@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from transformer import learner
 from transformer import report
 from transformer import significance
 
@@ -35,7 +34,7 @@ def write_run(run_dir, *, eval_losses, train_losses, hypotheses, config=None, di
                           'eval/bleu': 1.0, 'eval/nonfinite_total': 0.0}) + '\n')
   result = {'code_version': 'code-test', 'diverged': diverged, 'num_train_steps': int(steps[-1])}
   if hypotheses is not None:
-    with open(os.path.join(run_dir, report.HYPOTHESES), 'w') as f:
+    with open(os.path.join(run_dir, 'test_hypotheses.en'), 'w') as f:
       f.write('\n'.join(hypotheses) + '\n')
     score = sacrebleu.corpus_bleu(hypotheses, [REFERENCES])
     result.update(bleu=score.score, chrf=sacrebleu.corpus_chrf(hypotheses, [REFERENCES]).score,
@@ -53,7 +52,7 @@ def write_run(run_dir, *, eval_losses, train_losses, hypotheses, config=None, di
 def study_dir(tmp_path_factory):
   """Baseline and no_dropout, 3 seeds: no_dropout much worse on test, with a wider gap."""
   root = tmp_path_factory.mktemp('study')
-  with open(root / report.TEST_REFERENCES, 'w') as f:
+  with open(root / 'test_references.en', 'w') as f:
     f.write('\n'.join(REFERENCES) + '\n')
   for seed in range(3):
     # The baseline's best validation loss is at step 200 of 400: it has begun to over-fit.
@@ -119,7 +118,7 @@ def test_bootstrap_cells_are_sacrebleu_paired_tests_by_seed(study_dir):
   root, text = study_dir
   cells = table(text, 'Paired bootstrap')['no_dropout']
   for seed in range(3):
-    read = lambda name: open(root / name / f'seed_{seed}' / report.HYPOTHESES).read().splitlines()
+    read = lambda name: open(root / name / f'seed_{seed}' / 'test_hypotheses.en').read().splitlines()
     expected = significance.paired_bootstrap(read('baseline'), {'v': read('no_dropout')},
                                              REFERENCES)['v']
     assert cells[1 + seed] == (f"{expected['delta']:+.2f} [{expected['delta_low']:+.2f}, "
@@ -164,6 +163,8 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
     write_run(tmp_path / name / 'seed_0', eval_losses=losses, train_losses=[3.0, 2.4, 2.2],
               hypotheses=degrade(REFERENCES, 2 if name == 'baseline' else 1, 0))
   measured = {
+      'verb_sentences': ['Il mange du pain.', 'Il prit le pain.', 'Il bâtit une maison.'],
+      'order_sentences': ['Pierre frappa Jean.', 'Jean frappa Pierre.'],
       'attention': {
           'workdir': os.fspath(tmp_path / 'baseline' / 'seed_0'), 'step': 300,
           'sentence': 'Il mange du pain.', 'verb': 'mange', 'object': 'pain',
@@ -188,16 +189,16 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
                            'padding': {'batch': 16, 'pad_fraction': 0.4,
                                        'unmasked_vs_masked': 0.3}},
       'memory': {'lengths': [16, 64], 'cache_bytes': [2**20, 4 * 2**20],
-                 'attention_bytes': [2**20, 16 * 2**20], 'plot': learner.MEMORY_PLOT},
+                 'attention_bytes': [2**20, 16 * 2**20], 'plot': 'memory_by_length.png'},
   }
-  os.makedirs(tmp_path / learner.LEARNER_DIR, exist_ok=True)  # Holds the learner runs too.
-  with open(tmp_path / learner.LEARNER_DIR / learner.LEARNER_FILE, 'w') as f:
+  os.makedirs(tmp_path / 'learner', exist_ok=True)  # Holds the learner runs too.
+  with open(tmp_path / 'learner' / 'measurements.json', 'w') as f:
     json.dump(measured, f)
   with open(report.write_report(os.fspath(tmp_path), variants=['baseline'])) as f:
     text = f.read().split('## Questions a learner asks', 1)[1]
   assert 'from `baseline/seed_0`' in text  # The run the maps come from, named.
   assert '| cross | 0.70 | 0.30 |' in text
-  assert (f"“Il mange du pain.” is the first of {len(learner.VERB_SENTENCES)} candidate "
+  assert ("“Il mange du pain.” is the first of 3 candidate "
           "sentences whose translation has the object's English word “bread”") in text
   assert ("The object's translation is the first `▁bread` of the output (“bread”); the verb's, "
           "among the outputs before it, `▁eateth`, the output whose cross-attention is most on "

@@ -9,8 +9,8 @@ import signal
 import pytest
 
 import conftest
-from transformer import metrics as metrics_lib
 from transformer import study
+from transformer import workdir as workdir_lib
 
 TINY = {**conftest.TINY, 'num_train_steps': 4, 'warmup_steps': 2, 'eval_every_steps': 2,
         'diagnostics_every_steps': 2, 'num_eval_bleu_sentences': 4, 'eval_batch_size': 4,
@@ -32,9 +32,9 @@ def table_rows(report: str, section: str = '## The variants') -> dict[str, list[
 
 def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_path, monkeypatch):
   # The test split is 1,500 verses; decoding 8 of them keeps the test to seconds.
-  from transformer import input_pipeline  # pylint: disable=g-import-not-at-top
-  real_load_pairs = input_pipeline.load_pairs
-  monkeypatch.setattr(input_pipeline, 'load_pairs',
+  from transformer import datasets  # pylint: disable=g-import-not-at-top
+  real_load_pairs = datasets.load_pairs
+  monkeypatch.setattr(datasets, 'load_pairs',
                       lambda config, split: real_load_pairs(config, split)[:8]
                       if split == 'test' else real_load_pairs(config, split))
   overrides = {**TINY, 'data_dir': bible_config.data_dir}
@@ -45,10 +45,8 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   rows = table_rows(report)
   assert set(rows) == {'baseline', 'pre_ln'}
   for name, cells in rows.items():
-    run_dir = os.path.join(tmp_path, name, 'seed_0')
-    metrics = metrics_lib.read_metrics(run_dir)
-    with open(os.path.join(run_dir, study.RESULT_FILE)) as f:
-      result = json.load(f)
+    run = workdir_lib.ExperimentDir(str(tmp_path)).run(name)
+    metrics, result = run.metrics(), run.result()
     assert cells[1] == '1'
     assert float(cells[2]) == round(result['bleu'], 2)
     assert float(cells[4]) == round(result['chrf'], 2)
@@ -79,7 +77,7 @@ def test_report_refuses_runs_of_two_code_versions(tmp_path):
   for name, version in (('baseline', 'code-aaaa'), ('pre_ln', 'code-bbbb')):
     run_dir = tmp_path / name / 'seed_0'
     run_dir.mkdir(parents=True)
-    (run_dir / study.RESULT_FILE).write_text(json.dumps(
+    (run_dir / workdir_lib.RESULT).write_text(json.dumps(
         {'code_version': version, 'diverged': False, 'bleu': 1.0}))
   with pytest.raises(cli.UserError, match='code-aaaa: 1 runs.*code-bbbb: 1 runs'):
     report.write_report(str(tmp_path), variants=['baseline', 'pre_ln'])
@@ -99,11 +97,11 @@ def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(run_dir / name),
                                    vocab_size=size, minloglevel=2)
     (run_dir / name).with_suffix('.model').rename(run_dir / 'vocabulary.model')
-    (run_dir / study.RESULT_FILE).write_text(json.dumps(
+    (run_dir / workdir_lib.RESULT).write_text(json.dumps(
         {'code_version': 'code-aaaa', 'diverged': False, 'bleu': 1.0}))
   same = [tmp_path / name / 'seed_0' / 'vocabulary.model' for name in ('baseline', 'pre_ln')]
   assert same[0].read_bytes() != same[1].read_bytes()
-  groups = report._group(str(tmp_path), ['baseline', 'pre_ln'])  # pylint: disable=protected-access
+  groups = report._group(workdir_lib.ExperimentDir(str(tmp_path)), ['baseline', 'pre_ln'])  # pylint: disable=protected-access
   assert len(report.check_one_vocabulary(groups)) == 12
   with pytest.raises(cli.UserError, match='different vocabularies') as refused:
     report.write_report(str(tmp_path), variants=list(runs))
@@ -114,7 +112,7 @@ def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
 
 def test_a_finished_run_of_other_code_is_refused_not_skipped(bible_config, tmp_path):
   from transformer import cli  # pylint: disable=g-import-not-at-top
-  (tmp_path / study.RESULT_FILE).write_text(json.dumps(
+  (tmp_path / workdir_lib.RESULT).write_text(json.dumps(
       {'code_version': 'code-0000', 'num_train_steps': bible_config.num_train_steps}))
   with pytest.raises(cli.UserError, match='finished by code code-0000'):
     study.run_one(bible_config, str(tmp_path))
@@ -135,8 +133,8 @@ def test_a_run_stopped_by_sigterm_is_saved_not_finished(bible_config, tmp_path, 
   workdir = str(tmp_path / 'run')
   with pytest.raises(study.RunInterrupted, match='stopped at step 2 of 4'):
     study.run_one(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, study.RESULT_FILE))
-  assert checkpoints.saved_steps(workdir) == [2]
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.RESULT))
+  assert workdir_lib.Workdir(workdir).saved_steps() == [2]
 
 
 def test_run_configs_regime_seeds_learner_runs_and_grid():

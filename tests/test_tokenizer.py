@@ -5,9 +5,11 @@ import os
 import shutil
 
 import pytest
+from sentencepiece import sentencepiece_model_pb2
 
 import conftest
 from configs import base
+from transformer import input_pipeline
 from transformer import tokenizer as tokenizer_lib
 
 VOCAB = 437  # Small and odd, so it cannot be confused with a default.
@@ -38,7 +40,7 @@ def test_ids_and_round_trip(bible_tokenizer):
 
 
 def test_cached_and_reused(iwslt_config):
-  first = tokenizer_lib.load_or_train(iwslt_config)
+  first = input_pipeline.prepare_vocabulary(iwslt_config)
   assert first.vocab_size == VOCAB
   folder = os.path.dirname(first.model_path)
   assert os.path.basename(first.model_path) == f'spm_{VOCAB}.model'
@@ -47,25 +49,45 @@ def test_cached_and_reused(iwslt_config):
     assert json.load(f) == {'dataset_name': 'iwslt2017_fr_en', 'version': '1.0.0',
                             'vocab_size': VOCAB, 'train_pairs': 1_159}
   mtime = os.path.getmtime(first.model_path)
-  second = tokenizer_lib.load_or_train(iwslt_config)
+  second = input_pipeline.prepare_vocabulary(iwslt_config)
   assert os.path.getmtime(second.model_path) == mtime  # Loaded, not retrained.
   assert second.encode('Merci.') == first.encode('Merci.')
 
 
-def test_training_is_deterministic(iwslt_config, tmp_path):
-  first = tokenizer_lib.load_or_train(iwslt_config)
+def test_a_vocabulary_prepared_again_has_the_same_bytes(iwslt_config, tmp_path):
+  """The same corpus in another data_dir (another machine) gives the same file, byte for byte:
+  sentencepiece's record of its temporary training folder is cleared."""
+  first = input_pipeline.prepare_vocabulary(iwslt_config)
   other = iwslt_config.copy_and_resolve_references()
   other.data_dir = os.fspath(tmp_path / 'other')
-  second = tokenizer_lib.load_or_train(other)
-  # The model files differ only in the recorded (temporary) training path.
-  def pieces(tok):
-    return [(tok.processor.id_to_piece(i), tok.processor.get_score(i))
-            for i in range(tok.vocab_size)]
-  assert pieces(first) == pieces(second)
+  second = input_pipeline.prepare_vocabulary(other)
+  assert first.model_path != second.model_path
+  with open(first.model_path, 'rb') as a, open(second.model_path, 'rb') as b:
+    assert a.read() == b.read()
+  model = sentencepiece_model_pb2.ModelProto()
+  with open(first.model_path, 'rb') as f:
+    model.ParseFromString(f.read())
+  assert not model.trainer_spec.HasField('model_prefix')
+
+
+def test_fingerprint_ignores_the_training_folder_and_sees_the_pieces(iwslt_config, tmp_path):
+  """A model written before the folder was cleared has the fingerprint of the one after."""
+  tokenizer = input_pipeline.prepare_vocabulary(iwslt_config)
+  model = sentencepiece_model_pb2.ModelProto()
+  with open(tokenizer.model_path, 'rb') as f:
+    model.ParseFromString(f.read())
+  model.trainer_spec.model_prefix = '/tmp/tmpabc123/spm'
+  legacy = tmp_path / 'legacy.model'
+  legacy.write_bytes(model.SerializeToString())
+  assert tokenizer_lib.file_sha256(legacy) != tokenizer_lib.file_sha256(tokenizer.model_path)
+  assert tokenizer_lib.fingerprint(legacy) == tokenizer_lib.fingerprint(tokenizer.model_path)
+  model.pieces[5].score += 0.5
+  legacy.write_bytes(model.SerializeToString())
+  assert tokenizer_lib.fingerprint(legacy) != tokenizer_lib.fingerprint(tokenizer.model_path)
 
 
 def test_model_for_other_data_is_an_error(iwslt_config):
-  model = tokenizer_lib.load_or_train(iwslt_config)
+  model = input_pipeline.prepare_vocabulary(iwslt_config)
   meta = model.model_path.replace('.model', '.json')
   with open(meta) as f:
     recorded = json.load(f)
@@ -73,14 +95,14 @@ def test_model_for_other_data_is_an_error(iwslt_config):
   with open(meta, 'w') as f:
     json.dump(recorded, f)
   with pytest.raises(ValueError, match='was made for'):
-    tokenizer_lib.load_or_train(iwslt_config)
+    input_pipeline.prepare_vocabulary(iwslt_config)
 
 
 def test_model_of_other_size_is_an_error(iwslt_config):
   small = iwslt_config.copy_and_resolve_references()
   small.vocab_size = 300
-  other = tokenizer_lib.load_or_train(small)
-  wanted = tokenizer_lib.load_or_train(iwslt_config).model_path
+  other = input_pipeline.prepare_vocabulary(small)
+  wanted = input_pipeline.prepare_vocabulary(iwslt_config).model_path
   shutil.copy(other.model_path, wanted)  # A 300-piece model under the 437-piece name.
   with pytest.raises(ValueError, match='has 300 pieces'):
-    tokenizer_lib.load_or_train(iwslt_config)
+    input_pipeline.prepare_vocabulary(iwslt_config)

@@ -8,12 +8,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 import conftest
-from transformer import checkpoints
+from transformer import inference
 from transformer import input_pipeline
-from transformer import metrics as metrics_lib
 from transformer import sharding
 from transformer import steps
 from transformer import training
+from transformer import workdir as workdir_lib
 
 
 def tiny(bible_config, **overrides):
@@ -34,7 +34,7 @@ def final_state(workdir):
 def metric_rows(workdir):
   """metrics.jsonl without the wall-clock fields, which no two runs share."""
   return [{k: v for k, v in row.items() if not k.startswith('time/')}
-          for row in metrics_lib.read_metrics(workdir)
+          for row in workdir_lib.Workdir(workdir).metrics()
           if any(not k.startswith('time/') for k in row if k != 'step')]
 
 
@@ -86,14 +86,13 @@ def test_best_is_the_latest_checkpoint_when_no_evaluation_ran(bible_config, tmp_
   """eval_every_steps=0 scores no checkpoint: decoding 'best' then means the last state."""
   config = tiny(bible_config, num_train_steps=6)  # Checkpoints at steps 4 and 6.
   training.train_and_evaluate(config, str(tmp_path))
-  abstract = steps.abstract_state(config)
-  best, best_step = checkpoints.restore_params(str(tmp_path), 'best', abstract)
-  step_4, _ = checkpoints.restore_params(str(tmp_path), '4', abstract)
+  best = inference.load_trained(str(tmp_path), 'best')
+  step_4 = inference.load_trained(str(tmp_path), '4')
   latest_step, latest = final_state(str(tmp_path))
-  assert best_step == latest_step == 6
-  jax.tree.map(np.testing.assert_array_equal, best.params, latest['params'])
+  assert best.step == latest_step == 6 and best.checkpoint == 'the latest checkpoint (step 6)'
+  jax.tree.map(np.testing.assert_array_equal, best.variables['params'], latest['params'])
   assert not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(best.params), jax.tree.leaves(step_4.params)))
+      jax.tree.leaves(best.variables['params']), jax.tree.leaves(step_4.variables['params'])))
 
 
 def _run_steps(config, mesh, batches, state=None):
@@ -120,7 +119,8 @@ def test_two_devices_compute_what_one_does(bible_config, bible_tokenizer, varian
   config = tiny(bible_config, adam_eps=1e-3, **{'model.dropout_rate': 0.0})
   if variant == 'batch_norm':
     config.model.norm = 'batch_norm'
-  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
   batches = [next(iterator) for _ in range(3)]
   one = jax.make_mesh((1,), (sharding.AXIS,), devices=jax.devices()[:1])
   two = jax.make_mesh((2,), (sharding.AXIS,), devices=jax.devices()[:2])
@@ -137,7 +137,8 @@ def test_two_devices_compute_what_one_does(bible_config, bible_tokenizer, varian
 def test_steps_compile_once(bible_config, bible_tokenizer):
   """After the first step, new batches and the step's own output state compile nothing."""
   config = tiny(bible_config)
-  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
   mesh = sharding.make_mesh()
   compiled = steps.compile_steps(config, mesh)
   state, _ = compiled.train(compiled.init(), sharding.shard_batch(next(iterator), mesh))
@@ -172,7 +173,8 @@ def test_nonfinite_step_is_skipped_and_counted(bible_config, bible_tokenizer, mo
 
   monkeypatch.setattr(steps, 'loss_sum', poisoned_loss_sum)
   config = tiny(bible_config)
-  iterator = input_pipeline.make_train_iterator(config, bible_tokenizer)
+  iterator = input_pipeline.make_train_iterator(
+      config, input_pipeline.prepare(config, evaluate=False).train)
   good = [next(iterator) for _ in range(2)]
   bad = {k: v.copy() for k, v in good[1].items()}
   bad['inputs'][0, 0] = poison

@@ -80,17 +80,35 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     fail(f'Flags parsing error: {_one_line(str(e))}',
          'Pass --helpshort or --helpfull to see help on flags.')
   except AttributeError as e:
-    name = re.search(r'\w+', str(e)).group(0)  # str(e) is a repr of a repr of a KeyError.
-    hint = re.search(r'Did you mean \W*(\w+)', str(e))
-    culprits = [arg for arg in argv if arg.startswith('--config.') and name in arg] or argv[1:]
-    fail(f'{" ".join(culprits)}: the config has no field {name!r}' +
-         (f' (did you mean {hint.group(1)!r}?)' if hint else '') + '.',
-         'Every field is in configs/base.py.')
+    _unknown_field(e, argv)
   except OSError as e:  # ml_collections: the config file cannot be read.
     missing = re.search(r'\[Errno \d+\] ([^\n]*)', str(e))
     fail(f'--config: {missing.group(1) if missing else _one_line(str(e))}.',
          'Give a file of configs/, e.g. --config=configs/baseline.py:small.')
   return rest
+
+
+def _unknown_field(error: AttributeError, argv: Sequence[str]) -> None:
+  """ml_collections' bare AttributeError for `--config.<field>`, as one line that names it."""
+  name = re.search(r'\w+', str(error)).group(0)  # A repr of a repr of a KeyError.
+  hint = re.search(r'Did you mean \W*(\w+)', str(error))
+  culprits = [arg for arg in argv if arg.startswith('--config.') and name in arg] or argv[1:]
+  fail(f'{" ".join(culprits)}: the config has no field {name!r}' +
+       (f' (did you mean {hint.group(1)!r}?)' if hint else '') + '.',
+       'Every field is in configs/base.py.')
+
+
+def define_config_overrides(name: str, default, help_text: str):
+  """config_flags.DEFINE_config_dict, whose unknown `--name.<field>` is reported as above.
+
+  The dict flag reads its overrides from sys.argv when it is defined, at import, before
+  absl parses anything: its AttributeError would otherwise be a chain of three tracebacks.
+  """
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_dict(name, default, help_text)
+  except AttributeError as e:
+    _unknown_field(e, sys.argv)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

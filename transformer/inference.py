@@ -6,30 +6,38 @@ its checkpoints; neither the dataset nor a network is needed unless a split is a
 """
 
 import dataclasses
+import io
 import json
 import os
 import sys
 import time
-from typing import IO, Iterator, Optional, Sequence
+from typing import IO, Iterator, NamedTuple, Optional, Sequence
 
 from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
 
 from transformer import attention_maps
-from transformer import checkpoints
 from transformer import cli
+from transformer import datasets
 from transformer import input_pipeline
 from transformer import models
-from transformer import steps
+from transformer import sharding
 from transformer import tokenizer as tokenizer_lib
 from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 
 
 InputError = cli.UserError  # What the user gave (a file, a flag): reported without traceback.
 
 
 def check_paths(input_path: Optional[str], output_path: Optional[str],
-                reference_paths: Sequence[str]) -> None:
-  """Refuses, before anything is loaded, an output that would destroy an input or fail late."""
+                reference_paths: Sequence[str], run: workdir_lib.Workdir) -> None:
+  """Refuses, before anything is loaded, an output that would destroy an input or fail late.
+
+  Nothing the run owns (config.json, its vocabulary, checkpoints, ...) is ever an output.
+  """
   for path, flag in [(input_path, '--input')] + [(p, '--reference') for p in reference_paths]:
     if path not in (None, '-') and not os.path.isfile(path):
       raise InputError(f'{flag}={path}: no such file.')
@@ -40,6 +48,9 @@ def check_paths(input_path: Optional[str], output_path: Optional[str],
         path, output_path):
       raise InputError(f'--output={output_path} is the {flag} file: writing would destroy it. '
                        'Give another --output.')
+  if run.owns(output_path):
+    raise InputError(f'--output={output_path} is a file of the run in {run.path}: writing '
+                     'would destroy it. Give a file outside the run\'s own files.')
   folder = os.path.dirname(os.path.abspath(output_path))
   if os.path.isdir(output_path):
     raise InputError(f'--output={output_path} is a folder; give a file name.')
@@ -72,24 +83,85 @@ def read_lines(path: str) -> list[str]:
   return out
 
 
-def load_tokenizer(workdir: str, config) -> tokenizer_lib.Tokenizer:
-  """The workdir's own vocabulary; a workdir from before it kept one uses the dataset's."""
-  path = checkpoints.vocabulary_path(workdir)
-  if path is not None:
-    return tokenizer_lib.Tokenizer.load(path)
-  logging.warning('%s keeps no vocabulary of its own (trained by an older version); using '
-                  "the dataset's.", workdir)
-  return input_pipeline.prepare(config)
+class Loaded(NamedTuple):
+  """A trained run, ready to decode."""
+  config: ml_collections.ConfigDict
+  tokenizer: tokenizer_lib.Tokenizer
+  model: models.Transformer
+  variables: dict  # params (and batch_stats), replicated over the devices
+  step: int
+  checkpoint: str  # What was restored, in words: 'the best checkpoint (step 1200)'.
 
 
-def load_trained(workdir: str, checkpoint: str = 'best'):
-  """(config, tokenizer, model, variables, step) of a trained workdir."""
-  config = checkpoints.load_config(workdir)
-  tokenizer = load_tokenizer(workdir, config)
+def load_trained(workdir: str, checkpoint: str = 'best') -> Loaded:
+  """A trained run folder's config, vocabulary, model and variables (nothing else).
+
+  Only the parameters and BatchNorm statistics are read from the checkpoint (orbax partial
+  restore), not Adam's moments: a third of a training state's memory.
+  """
+  run = workdir_lib.Workdir(workdir)
+  config = run.config()
+  tokenizer = run.tokenizer()
+  if tokenizer is None:
+    logging.warning('%s keeps no vocabulary of its own (trained by an older version); using '
+                    "the dataset's.", workdir)
+    tokenizer = input_pipeline.prepare_vocabulary(config)
   model = models.make_model(config)
-  state, step = checkpoints.restore_params(workdir, checkpoint, steps.abstract_state(config))
-  logging.info('Loaded the %s checkpoint of %s (step %d).', checkpoint, workdir, step)
-  return config, tokenizer, model, steps.model_variables(state), step
+  replicated = sharding.replicated(sharding.make_mesh())
+  abstract = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+      _abstract_variables(model, config.max_length))
+  variables, step, description = run.restore_variables(checkpoint, abstract)
+  logging.info('Loaded %s of %s.', description, workdir)
+  return Loaded(config, tokenizer, model, variables, step, description)
+
+
+def _abstract_variables(model: models.Transformer, length: int) -> dict:
+  """The shapes and dtypes of the model's variables (params, batch_stats), computing nothing."""
+  dummy = jnp.ones((1, length), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, dummy, train=False))
+
+
+class Translator:
+  """A trained run as a translator: text in, text out.
+
+    translator = Translator.from_workdir('workdirs/baseline_small')
+    translator.translate(['Au commencement, Dieu créa les cieux et la terre.'])
+    translator.translate_nbest(['Jésus pleura.'], n=4)  # [[(text, score), ...]]
+
+  Searches with the run's settings (beam size, length penalty) unless given others.
+  """
+
+  def __init__(self, loaded: Loaded, *, batch_size: Optional[int] = None):
+    self._loaded = loaded
+    self._batch = translator_lib.BatchTranslator(
+        loaded.model, loaded.tokenizer, batch_size=batch_size or loaded.config.eval_batch_size)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str = 'best', *,
+                   batch_size: Optional[int] = None) -> 'Translator':
+    """The run in `workdir` at `checkpoint` ('best', 'latest', a step, 'average:K')."""
+    workdir_lib.check_checkpoint_choice(checkpoint)
+    return cls(load_trained(workdir, checkpoint), batch_size=batch_size)
+
+  @property
+  def checkpoint(self) -> str:
+    return self._loaded.checkpoint
+
+  def translate(self, sentences: Sequence[str], *, beam_size: Optional[int] = None,
+                length_penalty: Optional[float] = None) -> list[str]:
+    """The best translation of each sentence, in order."""
+    return [found[0][0] for found in self.translate_nbest(
+        sentences, n=0, beam_size=beam_size, length_penalty=length_penalty)]
+
+  def translate_nbest(self, sentences: Sequence[str], n: int, *,
+                      beam_size: Optional[int] = None,
+                      length_penalty: Optional[float] = None) -> list[list[tuple[str, float]]]:
+    """The n best (text, score) of each sentence, best first (beam size at least n)."""
+    beam = beam_size or max(n, self._loaded.config.beam_size)
+    search = search_config(self._loaded.config, beam_size=beam, length_penalty=length_penalty,
+                           nbest=n)
+    return self._batch.translate_nbest(self._loaded.variables, list(sentences), search)
 
 
 def search_config(config, *, beam_size: Optional[int] = None,
@@ -103,10 +175,11 @@ def search_config(config, *, beam_size: Optional[int] = None,
   return dataclasses.replace(search, max_decode_len=max_decode_len, nbest=nbest)
 
 
-def _check_max_decode_len(model, max_decode_len: Optional[int]) -> None:
-  if max_decode_len is not None and not 0 < max_decode_len <= model.config.max_len:
+def _check_max_decode_len(model_config: models.ModelConfig,
+                          max_decode_len: Optional[int]) -> None:
+  if max_decode_len is not None and not 0 < max_decode_len <= model_config.max_len:
     raise InputError(f'--max_decode_len={max_decode_len} must be in [1, '
-                     f"{model.config.max_len}] (the model's max_len).")
+                     f"{model_config.max_len}] (the model's max_len).")
 
 
 def cache_sizes(model_config: models.ModelConfig, batch: int,
@@ -122,11 +195,11 @@ def cache_sizes(model_config: models.ModelConfig, batch: int,
 def cache_table(workdir: str, *, beam_size: Optional[int] = None,
                 max_decode_len: Optional[int] = None) -> list[dict]:
   """cache_sizes at every bucket the run's model can see, without decoding anything."""
-  config = checkpoints.load_config(workdir)
+  config = workdir_lib.Workdir(workdir).config()
   model = models.make_model(config)
-  _check_max_decode_len(model, max_decode_len)
+  _check_max_decode_len(model.config, max_decode_len)
   search = search_config(config, beam_size=beam_size, max_decode_len=max_decode_len)
-  translator = translator_lib.Translator(model, None, batch_size=config.eval_batch_size)
+  translator = translator_lib.BatchTranslator(model, None, batch_size=config.eval_batch_size)
   buckets = sorted({translator_lib.bucket_length(n, model.config.max_len)
                     for n in translator_lib.BUCKET_LENGTHS})
   return cache_sizes(model.config, translator.batch_size,
@@ -148,11 +221,12 @@ def write_attention_maps(workdir: str, sentence: str, out_dir: str, *,
   """Attention heatmaps of `sentence` and its greedy translation (see attention_maps)."""
   if not sentence.strip():
     raise InputError('--attention_sentence is empty.')
-  config, tokenizer, model, variables, _ = load_trained(workdir, checkpoint)
-  _check_max_decode_len(model, max_decode_len)
-  search = search_config(config, beam_size=1, max_decode_len=max_decode_len)
-  paths, _ = attention_maps.write_attention_maps(model, variables, tokenizer, sentence, out_dir,
-                                                 search=search)
+  workdir_lib.check_checkpoint_choice(checkpoint)
+  loaded = load_trained(workdir, checkpoint)
+  _check_max_decode_len(loaded.model.config, max_decode_len)
+  search = search_config(loaded.config, beam_size=1, max_decode_len=max_decode_len)
+  paths, _ = attention_maps.write_attention_maps(loaded.model, loaded.variables, loaded.tokenizer,
+                                                 sentence, out_dir, search=search)
   logging.info('Wrote %d attention maps to %s.', len(paths), out_dir)
   return paths
 
@@ -186,7 +260,8 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
            reference_paths: Sequence[str] = (), beam_size: Optional[int] = None,
            length_penalty: Optional[float] = None,
            max_decode_len: Optional[int] = None,
-           batch_size: Optional[int] = None, nbest: int = 0) -> dict:
+           batch_size: Optional[int] = None, nbest: int = 0,
+           write_translations: bool = True) -> dict:
   """Translates `split` of the run's dataset or the lines of `input_path`; scores if it can.
 
   `input_path` '-' streams stdin: each line is translated as soon as it arrives and its
@@ -194,7 +269,8 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   and each length bucket compiled once). `max_decode_len` caps every output at that many
   tokens (eos included) instead of the config's ratio/offset rule. `nbest` > 0 writes one
   JSON line per source with its n best hypotheses and their scores. The result's 'cache'
-  lists the KV-cache size of each batch shape that was decoded.
+  lists the KV-cache size of each batch shape that was decoded; 'hypotheses' the best
+  translations, which `write_translations=False` keeps off stdout.
   """
   if (split is None) == (input_path is None):
     raise InputError('Give exactly one of --split and --input.')
@@ -203,14 +279,25 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   for flag, value, low in (('--batch_size', batch_size, 1), ('--beam_size', beam_size, 1),
                            ('--max_decode_len', max_decode_len, 1),
                            ('--length_penalty', length_penalty, 0)):
-    if value is not None and value < low:
+    if value is not None and not value >= low:  # `not >=`: NaN is refused too.
       raise InputError(f'{flag}={value} must be >= {low}.')
-  check_paths(input_path, output_path, reference_paths)
-  config, tokenizer, model, variables, step = load_trained(workdir, checkpoint)
-  references = [read_lines(path) for path in reference_paths]
+  workdir_lib.check_checkpoint_choice(checkpoint)
+  run = workdir_lib.Workdir(workdir)
+  check_paths(input_path, output_path, reference_paths, run)
+  # Everything the flags and config.json can tell is checked before the checkpoint loads.
+  config = run.config()
+  _check_max_decode_len(models.ModelConfig.from_config(config.model), max_decode_len)
+  try:
+    search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
+                           max_decode_len=max_decode_len, nbest=nbest)
+  except ValueError as e:
+    raise InputError(f'--nbest/--beam_size: {e}') from None
   streaming = input_path == '-'
+  if streaming and sys.stdin is None:
+    raise InputError('--input=-: there is no standard input (it is closed); give a file.')
+  references = [read_lines(path) for path in reference_paths]
   if split is not None:
-    pairs = input_pipeline.load_pairs(config, split)
+    pairs = datasets.load_pairs(config, split)
     sources = [fr for fr, _ in pairs]
     if not references:
       references = [[en for _, en in pairs]]
@@ -218,15 +305,13 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
     sources = read_lines(input_path)
   if not streaming:
     _check_reference_lengths(reference_paths, references, len(sources))
-  _check_max_decode_len(model, max_decode_len)
-  try:
-    search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
-                           max_decode_len=max_decode_len, nbest=nbest)
-  except ValueError as e:
-    raise InputError(str(e)) from None
-  translator = translator_lib.Translator(
+  _, tokenizer, model, variables, step, description = load_trained(workdir, checkpoint)
+  translator = translator_lib.BatchTranslator(
       model, tokenizer, batch_size=1 if streaming else batch_size or config.eval_batch_size)
-  out = open(output_path, 'w', encoding='utf-8') if output_path else sys.stdout
+  if output_path:
+    out = open(output_path, 'w', encoding='utf-8')
+  else:
+    out = sys.stdout if write_translations else io.StringIO()
   start = time.perf_counter()
   try:
     if streaming:
@@ -248,9 +333,8 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
     if output_path:
       out.close()
   seconds = time.perf_counter() - start  # Compilation of each length bucket included.
-  logging.info('Translated %d sentences in %.1f s (beam %d, compilation included).',
-               len(sources), seconds, search.beam_size)
-  result = {'step': step, 'sentences': len(sources), 'seconds': seconds,
+  result = {'step': step, 'checkpoint': description, 'sentences': len(sources),
+            'seconds': seconds,
             'truncated': translator.num_truncated,
             'beam_size': search.beam_size, 'hypotheses': hypotheses,
             'cache': cache_sizes(model.config, translator.batch_size, translator.decode_shapes)}

@@ -19,7 +19,7 @@ Saving and restoring the training data position (mid-epoch), with orbax:
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
   ...
-  train_iter = make_train_iterator(config, tokenizer, ...)  # a fresh iterator, same config
+  train_iter = make_train_iterator(config, data.train)  # a fresh iterator, same config
   manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(train_iter)))
 
@@ -28,7 +28,8 @@ or without orbax: `state = train_iter.get_state()` (a small JSON-able dict) and 
 the unbroken one would have. In a multi-process run each process saves its own iterator.
 """
 
-from typing import Iterator
+import dataclasses
+import os
 
 from absl import logging
 import grain
@@ -61,8 +62,28 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 _SUBSET_SEED = 20_170_612
 
 
-def prepare(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
-  """Builds the dataset if needed and returns its (possibly newly trained) tokenizer.
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """A run's data, read and tokenized once, before the first step.
+
+  `train`: the tokenized training pairs that fit their rows (train_examples). `eval_batches`:
+  the packed batches of each split the loss is evaluated on ('validation', and 'train' for
+  the generalization gap), this process's share. `validation`: the (fr, en) pairs that
+  validation BLEU decodes.
+  """
+  tokenizer: tokenizer_lib.Tokenizer
+  train: list[dict[str, np.ndarray]]
+  eval_batches: dict[str, list[Batch]]
+  validation: list[tuple[str, str]]
+
+
+def prepare_vocabulary(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  """The dataset's vocabulary, building the dataset and training it on first use."""
+  return _build(config)[1]
+
+
+def _build(config: ml_collections.ConfigDict):
+  """(the prepared TFDS builder, its vocabulary), each made once.
 
   In a multi-process run process 0 builds the dataset and trains the vocabulary while the
   others wait at a barrier, then they load what it wrote (data_dir must be shared): several
@@ -70,16 +91,45 @@ def prepare(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
   """
   if jax.process_count() > 1:
     if jax.process_index() == 0:
-      datasets.build(config)
-      tokenizer_lib.load_or_train(config)
+      _vocabulary(datasets.build(config), config.vocab_size)
     multihost_utils.sync_global_devices('input_pipeline.prepare')
-  datasets.build(config)
-  return tokenizer_lib.load_or_train(config)
+  builder = datasets.build(config)
+  return builder, _vocabulary(builder, config.vocab_size)
 
 
-def load_pairs(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
-  """Returns the (fr, en) pairs of `split` in a fixed order, for decoding and BLEU."""
-  return datasets.load_pairs(config, split)
+def _vocabulary(builder, vocab_size: int) -> tokenizer_lib.Tokenizer:
+  made_from = {'dataset_name': builder.name, 'version': str(builder.version),
+               'vocab_size': vocab_size,
+               'train_pairs': builder.info.splits['train'].num_examples}
+
+  def sentences():
+    for fr, en in datasets.split_pairs(builder, 'train'):
+      yield fr
+      yield en
+
+  return tokenizer_lib.load_or_train(os.fspath(builder.data_dir), vocab_size, made_from,
+                                     sentences)
+
+
+def prepare(config: ml_collections.ConfigDict, *, process_index: int = 0,
+            process_count: int = 1, evaluate: bool = True) -> Data:
+  """Builds the dataset and vocabulary if needed, then reads and tokenizes what a run uses.
+
+  The straight path of the data: datasets (TFDS, array_record) -> tokenizer (sentencepiece)
+  -> here, each called once. `evaluate=False` skips the evaluation splits.
+  """
+  builder, tokenizer = _build(config)
+  train_pairs = train_subset(config, datasets.split_pairs(builder, 'train'))
+  train = _fitting(config, tokenize_pairs(train_pairs, tokenizer))
+  if not evaluate:
+    return Data(tokenizer, train, {}, [])
+  validation = datasets.split_pairs(builder, 'validation')
+  gap_pairs = _evenly_spaced(train_pairs, min(len(validation), len(train_pairs)))
+  eval_batches = {
+      split: _eval_batches(config, tokenize_pairs(pairs, tokenizer), split,
+                           process_index=process_index, process_count=process_count)
+      for split, pairs in (('validation', validation), ('train', gap_pairs))}
+  return Data(tokenizer, train, eval_batches, validation)
 
 
 def tokenize_pairs(
@@ -137,13 +187,9 @@ def _pack_and_batch(dataset: grain.IterDataset, config: ml_collections.ConfigDic
   return dataset.map(lambda batch: {_RENAME[k]: v for k, v in batch.items()})
 
 
-def train_examples(config: ml_collections.ConfigDict,
-                   tokenizer: tokenizer_lib.Tokenizer) -> list[dict[str, np.ndarray]]:
-  """The tokenized training pairs that fit their rows (eos included); the others are counted.
-
-  With config.max_train_pairs > 0, only that many pairs, a fixed random subset (train_subset).
-  """
-  examples = tokenize_pairs(train_subset(config, load_pairs(config, 'train')), tokenizer)
+def _fitting(config: ml_collections.ConfigDict,
+             examples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+  """The training examples that fit their rows (eos included); the others are counted."""
   lengths = _row_lengths(config)
   kept = [e for e in examples if all(len(e[k]) <= n for k, n in lengths.items())]
   logging.info('%s train: %d pairs, %d skipped as longer than %d source or %d target tokens.',
@@ -151,7 +197,7 @@ def train_examples(config: ml_collections.ConfigDict,
                lengths['inputs'], lengths['targets'])
   if not kept:
     raise cli.UserError(f'No training pair of {config.dataset_name} fits in max_length '
-                     f'{config.max_length} and max_target_length {config.max_target_length}.')
+                        f'{config.max_length} and max_target_length {config.max_target_length}.')
   return kept
 
 
@@ -193,22 +239,17 @@ def accumulation_group(micro_batches: list[Batch]) -> list[Batch]:
 
 
 def make_train_iterator(config: ml_collections.ConfigDict,
-                        tokenizer: tokenizer_lib.Tokenizer | None,
-                        *,
-                        process_index: int = 0,
-                        process_count: int = 1,
-                        examples: list[dict[str, np.ndarray]] | None = None
-                        ) -> grain.DatasetIterator:
-  """Returns an endless iterator of packed (micro-)batches for this process.
+                        examples: list[dict[str, np.ndarray]], *, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+  """Returns an endless iterator of packed (micro-)batches of `examples` for this process.
 
-  Process `i` reads pairs i, i + n, i + 2n, ... of the training split (n = process_count),
-  reshuffled every epoch with seed config.seed + config.shuffle_buffer_seed_offset. Pairs
-  longer than their side's row (eos included) are skipped and counted. `examples`, from
-  train_examples, saves tokenizing the split again.
-  The iterator has get_state()/set_state(); see the module docstring for checkpoints.
+  `examples` is Data.train. Process `i` reads pairs i, i + n, i + 2n, ... (n =
+  process_count), reshuffled every epoch with seed config.seed +
+  config.shuffle_buffer_seed_offset. The iterator has get_state()/set_state(); see the
+  module docstring for checkpoints.
   """
-  kept = train_examples(config, tokenizer) if examples is None else examples
-  return _train_iterator(config, kept, process_index=process_index, process_count=process_count)
+  return _train_iterator(config, examples, process_index=process_index,
+                         process_count=process_count)
 
 
 def _train_iterator(config: ml_collections.ConfigDict, kept: list[dict[str, np.ndarray]], *,
@@ -226,43 +267,32 @@ def _pad_rows(batch: Batch, rows: int) -> Batch:
   return {k: np.pad(v, ((0, rows - len(v)), (0, 0))) for k, v in batch.items()}
 
 
-def eval_pairs(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
-  """The pairs an evaluation pass scores: the split's; for 'train', pairs the model trains on.
+def _evenly_spaced(pairs: list, wanted: int) -> list:
+  """`wanted` pairs spread evenly through `pairs`, first and last included.
 
-  For 'train': as many pairs as the validation split has, evenly spaced through the
-  training subset (train_subset), so the training loss without dropout or smoothing is
-  measured on as many sentences as the validation loss: their difference is the
-  generalization gap.
+  The training loss without dropout or smoothing is measured on as many training pairs as
+  the validation split has, so that their difference is the generalization gap.
   """
-  if split != 'train':
-    return load_pairs(config, split)
-  pairs = train_subset(config, load_pairs(config, 'train'))
-  wanted = min(len(load_pairs(config, 'validation')), len(pairs))
   return [pairs[i] for i in np.linspace(0, len(pairs) - 1, wanted).astype(int)]
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict,
-                       tokenizer: tokenizer_lib.Tokenizer,
-                       split: str,
-                       *,
-                       process_index: int = 0,
-                       process_count: int = 1) -> Iterator[Batch]:
-  """Returns one deterministic pass over `split` in training-shaped packed batches.
+def _eval_batches(config: ml_collections.ConfigDict, examples: list[dict[str, np.ndarray]],
+                  split: str, *, process_index: int, process_count: int) -> list[Batch]:
+  """One deterministic pass over `examples` in training-shaped packed batches.
 
   Every pair is kept: a side longer than its row is truncated to the row, its last
-  kept token replaced by eos, so the loss covers the whole split (BLEU uses load_pairs, not
-  this). Missing rows of the last batch are all zeros (segmentation 0 = no loss). All
+  kept token replaced by eos, so the loss covers the whole split (BLEU decodes the pairs, not
+  these). Missing rows of the last batch are all zeros (segmentation 0 = no loss). All
   processes get the same number of batches (padded with all-zero batches), so a collective
   eval step cannot wait on a process that has run out.
   """
   rows = _check_batch_size(config, process_count)
   lengths = _row_lengths(config)
-  examples = tokenize_pairs(eval_pairs(config, split), tokenizer)
   truncated = 0
   for e in examples:
     for key, length in lengths.items():
       if len(e[key]) > length:
-        e[key] = np.concatenate([e[key][:length - 1], [tokenizer.eos_id]]).astype(np.int32)
+        e[key] = np.concatenate([e[key][:length - 1], [tokenizer_lib.EOS_ID]]).astype(np.int32)
         truncated += 1
   if truncated:
     logging.info('%s %s: truncated %d sentences longer than their %d/%d-token rows.',
@@ -276,5 +306,4 @@ def make_eval_iterator(config: ml_collections.ConfigDict,
   num_batches = max(len(s) for s in shards)
   own = shards[process_index]
   empty = {k: np.zeros(shape, np.int32) for k, shape in batch_shapes(config, rows).items()}
-  own += [empty] * (num_batches - len(own))
-  return iter(own)
+  return own + [empty] * (num_batches - len(own))

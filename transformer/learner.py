@@ -1,7 +1,7 @@
 """The questions a learner asks of this model, answered with the study's own trained runs.
 
-study.write_learner calls `measure` after training; it writes LEARNER_FILE (JSON) and PNGs
-under the experiment's LEARNER_DIR, and the report only reads them. One function a question:
+study.write_learner calls `measure` after training; it writes a JSON file and PNGs under the
+experiment's learner/ folder (workdir.ExperimentDir), and the report only reads them. One function a question:
   - attention_reading: what the heads of a model that translates look at, on a sentence
     whose verb governs its object: the cross-attention row of the object's translation,
     the decoder's self-attention toward the verb's translation, how far rows are from uniform;
@@ -25,18 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer import attention_maps
-from transformer import checkpoints
+from transformer import datasets
 from transformer import inference
-from transformer import input_pipeline
 from transformer import models
 from transformer import norms
 from transformer import plots
 from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 
-LEARNER_DIR = 'learner'
-LEARNER_FILE = 'measurements.json'
-ATTENTION_SUBDIR = 'attention'
-MEMORY_PLOT = 'memory_by_length.png'
 # The verb governs its object: does the object's translation look back at the verb's? Maps
 # mean little from a model that does not translate the sentence, so the reading takes the first
 # of these whose translation has the object's English word, in words the Bible corpus (World
@@ -101,7 +97,7 @@ def attention_reading(workdir: str, out_dir: str) -> dict:
   reads inputs 0..t, input j being output j - 1 (BOS first), so the verb's translation is
   decoder key t_verb + 1.
   """
-  config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
+  config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
   search = inference.search_config(config, beam_size=1)
   readings = []  # (candidate, translation, (source, target, weights)), in the order tried.
   for candidate in VERB_SENTENCES:
@@ -187,8 +183,8 @@ def word_order(workdirs: dict[str, str]) -> dict:
   """
   out = {}
   for name, workdir in workdirs.items():
-    config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
-    translator = translator_lib.Translator(model, tokenizer, batch_size=len(ORDER_SENTENCES))
+    config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
+    translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(ORDER_SENTENCES))
     translations = translator.translate(variables, list(ORDER_SENTENCES),
                                         inference.search_config(config, beam_size=1))
     out[name] = {'workdir': workdir, 'step': step, 'positions': config.model.positions,
@@ -242,7 +238,7 @@ def batch_statistics(workdir: str, sentences: Sequence[str], *, seed: int = 0) -
   random batches of relative_change. Padding: one batch of PADDED_BATCH padded to its
   longest sentence, the change from counting the pad tokens' vectors in the statistics.
   """
-  _, tokenizer, model, variables, _ = inference.load_trained(workdir, 'best')
+  _, tokenizer, model, variables, _, _ = inference.load_trained(workdir, 'best')
   variables = jax.device_get(variables)  # On one device: the jit below places them.
   max_len = model.config.max_len
 
@@ -298,7 +294,7 @@ def memory_by_length(workdir: str, path: str,
   Both are the sizes of the arrays the model builds (jax.eval_shape, nothing computed);
   the cache's is checked against models.cache_bytes's formula in the tests.
   """
-  config, _, model, variables, _ = inference.load_trained(workdir, 'best')
+  config, _, model, variables, _, _ = inference.load_trained(workdir, 'best')
   lengths = [n for n in lengths if n <= model.config.max_len]
   nbytes = lambda tree: int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
   cache, attention = [], []
@@ -322,24 +318,28 @@ def memory_by_length(workdir: str, path: str,
 
 def measure(experiment_dir: str, *, translating: str, baseline: str,
             no_positions: Optional[str] = None, sentences: int = 200) -> str:
-  """Every measurement above into `experiment_dir/LEARNER_DIR`; returns LEARNER_FILE's path.
+  """Every measurement above into the experiment's learner folder; returns the JSON's path.
 
   `translating` is the run whose attention is read (the study passes its best seed-0 run),
   `baseline` the run whose embeddings and shapes the other measurements use, `no_positions`
   the run without positional encodings (skipped if None).
   """
-  out_dir = os.path.join(experiment_dir, LEARNER_DIR)
-  os.makedirs(out_dir, exist_ok=True)
-  config = checkpoints.load_config(baseline)
-  validation = [fr for fr, _ in input_pipeline.load_pairs(config, 'validation')[:sentences]]
+  experiment = workdir_lib.ExperimentDir(experiment_dir)
+  os.makedirs(experiment.file(experiment.LEARNER), exist_ok=True)
+  config = workdir_lib.Workdir(baseline).config()
+  validation = [fr for fr, _ in datasets.load_pairs(config, 'validation')[:sentences]]
   runs = {'baseline': baseline, **({'no_positions': no_positions} if no_positions else {})}
   measurements = {
-      'attention': attention_reading(translating, os.path.join(out_dir, ATTENTION_SUBDIR)),
+      'verb_sentences': [candidate.sentence for candidate in VERB_SENTENCES],
+      'order_sentences': list(ORDER_SENTENCES),
+      'attention': attention_reading(
+          translating, experiment.file(experiment.LEARNER, experiment.LEARNER_ATTENTION)),
       'word_order': word_order(runs),
       'batch_statistics': batch_statistics(baseline, validation),
-      'memory': memory_by_length(baseline, os.path.join(out_dir, MEMORY_PLOT)),
+      'memory': memory_by_length(
+          baseline, experiment.file(experiment.LEARNER, experiment.LEARNER_MEMORY_PLOT)),
   }
-  path = os.path.join(out_dir, LEARNER_FILE)
+  path = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
   with open(path, 'w') as f:
     json.dump(measurements, f, indent=1, ensure_ascii=False)
   return path

@@ -1,8 +1,9 @@
-"""Where training metrics go: metrics.jsonl, TensorBoard (tensorboardX, no TensorFlow), the log.
+"""Where training metrics go: a JSON-lines file, TensorBoard (tensorboardX), the log.
 
-Each row of metrics.jsonl is one step's scalars. On resume the rows past the restored step
-are dropped, so the file of a run killed and resumed equals that of an unbroken run; keys
-under `time/` are wall-clock figures and the only ones that differ between two such runs.
+Each row of the file is one step's scalars. On resume the rows past the restored step are
+dropped, so the file of a run killed and resumed equals that of an unbroken run; keys under
+`time/` are wall-clock figures and the only ones that differ between two such runs. The run
+folder (workdir.Workdir) says where the file and TensorBoard's folder are.
 """
 
 import json
@@ -14,13 +15,11 @@ import tensorboardX
 
 from transformer import cli
 
-METRICS_FILE = 'metrics.jsonl'
 WALL_CLOCK_PREFIX = 'time/'
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """All rows of `workdir/metrics.jsonl`, in order (empty if there is none)."""
-  path = os.path.join(workdir, METRICS_FILE)
+def read_rows(path: str) -> list[dict]:
+  """All rows of a metrics file, in order (empty if there is none)."""
   if not os.path.exists(path):
     return []
   rows = []
@@ -37,20 +36,16 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
-def last_step(workdir: str) -> int:
-  """The largest step metrics.jsonl records (0 if none)."""
-  return max((row['step'] for row in read_metrics(workdir)), default=0)
-
-
 class MetricWriter:
-  """Appends scalars to metrics.jsonl and TensorBoard; a no-op on non-zero processes."""
+  """Appends scalars to the file and TensorBoard; a no-op on non-zero processes."""
 
-  def __init__(self, workdir: str, *, resume_step: int, enabled: bool = True):
+  def __init__(self, path: str, tensorboard_dir: str, *, resume_step: int,
+               enabled: bool = True):
     self._enabled = enabled
     if not enabled:
       return
-    self._path = os.path.join(workdir, METRICS_FILE)
-    rows = read_metrics(workdir)
+    self._path = path
+    rows = read_rows(path)
     kept = [row for row in rows if row['step'] <= resume_step]
     if len(kept) < len(rows):
       logging.info('Dropping %d rows of %s past the resumed step %d.', len(rows) - len(kept),
@@ -61,8 +56,7 @@ class MetricWriter:
     with open(self._path + '.tmp', 'w') as f:
       f.writelines(json.dumps(row) + '\n' for row in kept)
     os.replace(self._path + '.tmp', self._path)
-    self._tensorboard = tensorboardX.SummaryWriter(
-        os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+    self._tensorboard = tensorboardX.SummaryWriter(tensorboard_dir, purge_step=resume_step + 1)
 
   def write(self, step: int, scalars: Mapping[str, float], *, log: bool = True) -> None:
     """Writes one row; `log=False` keeps frequent rows out of the text log."""

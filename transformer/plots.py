@@ -175,11 +175,10 @@ def plot_memory_by_length(lengths: Sequence[int], sizes: Mapping[str, Sequence[i
   return _save_with_legend(fig, ax, path)
 
 
-def plot_training_run(workdir: str, rows: Sequence[dict]) -> list[str]:
-  """Loss, validation and learning-rate curves of one run into workdir/plots/."""
-  out_dir = os.path.join(workdir, 'plots')
+def plot_training_run(out_dir: str, name: str, rows: Sequence[dict]) -> list[str]:
+  """Loss, validation and learning-rate curves of one run (labelled `name`) into out_dir."""
   os.makedirs(out_dir, exist_ok=True)
-  run = {os.path.basename(os.path.normpath(workdir)): rows}
+  run = {name: rows}
   made = [
       plot_curves(run, 'train/loss', os.path.join(out_dir, 'train_loss.png'),
                   title='Training loss (moving average of 20 steps)', ylabel='cross-entropy',

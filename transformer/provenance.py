@@ -21,12 +21,19 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # checks that each module is in one of the two.
 TRAINING_CODE = (
     'configs/*.py', 'transformer/datasets/*.py', 'transformer/datasets/data/*',
-    *(f'transformer/{name}.py' for name in (
-        'checkpoints', 'config_utils', 'inference', 'input_pipeline', 'losses', 'models', 'norms',
-        'optim', 'search', 'sharding', 'steps', 'tokenizer', 'training', 'translator')),
+    'transformer/checkpoints.py', 'transformer/config_utils.py', 'transformer/inference.py',
+    'transformer/input_pipeline.py', 'transformer/losses.py', 'transformer/models.py',
+    'transformer/norms.py', 'transformer/optim.py', 'transformer/search.py',
+    'transformer/sharding.py', 'transformer/steps.py', 'transformer/tokenizer.py',
+    'transformer/training.py', 'transformer/translator.py', 'transformer/variants.py',
+    'transformer/workdir.py',
 )
-REPORTING_CODE = ('__init__', 'attention_maps', 'cli', 'config_checks', 'flops', 'learner',
-                  'metrics', 'plots', 'provenance', 'report', 'significance', 'study')
+REPORTING_CODE = (
+    'transformer/__init__.py', 'transformer/attention_maps.py', 'transformer/cli.py',
+    'transformer/config_checks.py', 'transformer/flops.py', 'transformer/learner.py',
+    'transformer/metrics.py', 'transformer/plots.py', 'transformer/provenance.py',
+    'transformer/report.py', 'transformer/significance.py', 'transformer/study.py',
+)
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'sentencepiece',
              'sacrebleu', 'numpy')
 

@@ -8,25 +8,18 @@ when both the seeds and the test set's resampling do.
 """
 
 import dataclasses
-import glob
-import hashlib
 import json
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
-from sentencepiece import sentencepiece_model_pb2
 
-from transformer import checkpoints
 from transformer import cli
-from transformer import learner
-from transformer import metrics as metrics_lib
 from transformer import plots
 from transformer import significance
+from transformer import workdir as workdir_lib
 
-TEST_REFERENCES = 'test_references.en'  # Written by study.write_test_references.
-HYPOTHESES = 'test_hypotheses.en'  # Written by study.run_one (the best checkpoint's).
 # The baseline has begun to over-fit when its best validation loss comes before this
 # fraction of its budget (issue 18's requirement for a regime where regularizers can act).
 OVERFIT_BEFORE = 0.75
@@ -72,20 +65,18 @@ def _last(rows: Sequence[dict], key: str) -> float:
   return float(values[-1]) if len(values) else math.nan
 
 
-def _load_run(run_dir: str) -> dict:
-  rows = metrics_lib.read_metrics(run_dir)
-  result_path = os.path.join(run_dir, 'test_result.json')
-  result = json.load(open(result_path)) if os.path.exists(result_path) else {}
-  config_path = os.path.join(run_dir, 'config.json')
-  config = json.load(open(config_path)) if os.path.exists(config_path) else {}
+def _load_run(run: workdir_lib.Workdir) -> dict:
+  rows = run.metrics()
+  result = run.result() or {}
+  config = run.config().to_dict() if run.has_config() else {}
   eval_steps, eval_loss = plots.series(rows, 'eval/loss')
   params = [row['params/count'] for row in rows if 'params/count' in row]
   walls = [row['time/wall_seconds'] for row in rows if 'time/wall_seconds' in row]
   skipped = [row['eval/nonfinite_total'] for row in rows if 'eval/nonfinite_total' in row]
-  hypotheses = os.path.join(run_dir, HYPOTHESES)
-  vocabulary = os.path.join(run_dir, checkpoints.VOCABULARY_FILE)
+  hypotheses = run.hypotheses_path()
+  vocabulary = run.vocabulary_fingerprint()
   return {
-      'dir': run_dir, 'rows': rows, 'config': config, 'diverged': result.get('diverged', False),
+      'dir': run.path, 'rows': rows, 'config': config, 'diverged': result.get('diverged', False),
       'bleu': result.get('bleu', math.nan), 'chrf': result.get('chrf', math.nan),
       'bleu_signature': result.get('bleu_signature', ''),
       'best_eval_loss': float(eval_loss.min()) if len(eval_loss) else math.nan,
@@ -98,8 +89,7 @@ def _load_run(run_dir: str) -> dict:
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
       'code_version': result.get('code_version', 'unrecorded'),
-      'vocabulary': (vocabulary_fingerprint(vocabulary) if os.path.exists(vocabulary)
-                     else 'unrecorded'),
+      'vocabulary': vocabulary[:12] if vocabulary else 'unrecorded',
       'hypotheses': hypotheses if os.path.exists(hypotheses) else None,
       'finished': bool(result),
   }
@@ -126,32 +116,19 @@ def check_one_code_version(groups: dict[str, list[dict]]) -> str:
                     'Retrain the older runs in a new experiment_dir.')
 
 
-def vocabulary_fingerprint(model_path: str) -> str:
-  """12 hex digits of a sentencepiece model's content: its pieces, scores and settings.
-
-  The file's own hash will not do: sentencepiece records the temporary folder it was trained
-  in (trainer_spec.model_prefix), so the same vocabulary prepared twice differs in bytes.
-  """
-  model = sentencepiece_model_pb2.ModelProto()
-  with open(model_path, 'rb') as f:
-    model.ParseFromString(f.read())
-  model.trainer_spec.ClearField('model_prefix')
-  return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:12]
-
-
 def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:
   """The vocabulary fingerprint of every finished run; a mix is refused."""
   return _one_value(groups, 'vocabulary', 'with different vocabularies',
                     'Train every run of one experiment with one vocabulary.')
 
 
-def _group(experiment_dir: str, names: Sequence[str]) -> dict[str, list[dict]]:
+def _group(experiment: workdir_lib.ExperimentDir,
+           names: Sequence[str]) -> dict[str, list[dict]]:
   """{name: its finished runs, seed order}; an unfinished run is not reported yet."""
   groups = {}
   for name in names:
-    dirs = sorted(glob.glob(os.path.join(experiment_dir, name, 'seed_*')),
-                  key=lambda d: int(d.rsplit('_', 1)[1]))
-    groups[name] = [run for run in map(_load_run, dirs) if run['finished']]
+    loaded = [_load_run(run) for _, run in experiment.seeds(name)]
+    groups[name] = [run for run in loaded if run['finished']]
   return groups
 
 
@@ -295,14 +272,15 @@ def _claim_lines(groups: dict[str, list[dict]], tests: dict[str, dict[int, dict]
   return lines
 
 
-def _lr_grid(experiment_dir: str, names: Sequence[str]) -> dict[tuple[str, bool], list]:
+def _lr_grid(experiment: workdir_lib.ExperimentDir,
+            names: Sequence[str]) -> dict[tuple[str, bool], list]:
   """{(variant, warmup): [(peak rate, final validation loss, status)]} of the grid.
 
   status: 'diverged' (stopped on NaN/Inf losses), 'collapsed' (finite losses, test BLEU
   below COLLAPSED_BLEU) or 'trained'.
   """
   points = {}
-  for name, runs in _group(experiment_dir, names).items():
+  for name, runs in _group(experiment, names).items():
     for run in runs:
       config = run['config']
       variant = os.path.basename(name).split('_lr')[0]
@@ -424,13 +402,13 @@ def _plots(groups: dict[str, list[dict]], plot_dir: str) -> list[tuple[str, Opti
   return made
 
 
-def _learner_runs(experiment_dir: str) -> dict[str, dict]:
+def _learner_runs(experiment: workdir_lib.ExperimentDir) -> dict[str, dict]:
   """{'no_positions': run, 'all_pairs': run} of the finished learner runs (seed 0)."""
   runs = {}
   for name in ('no_positions', 'all_pairs'):
-    run_dir = os.path.join(experiment_dir, 'learner', name, 'seed_0')
-    if os.path.isdir(run_dir) and (run := _load_run(run_dir))['finished']:
-      runs[name] = run
+    run = experiment.run(f'{experiment.LEARNER}/{name}')
+    if run.exists() and (loaded := _load_run(run))['finished']:
+      runs[name] = loaded
   return runs
 
 
@@ -439,9 +417,10 @@ def _share(value: float, uniform: float) -> str:
   return f'{value:.2f} (uniform {uniform:.2f}, {value / uniform:.1f}×)'
 
 
-def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
-  run = os.path.relpath(attention['workdir'], experiment_dir)
-  maps = os.path.join(learner.LEARNER_DIR, learner.ATTENTION_SUBDIR)
+def _attention_lines(attention: dict, candidates: int,
+                     experiment: workdir_lib.ExperimentDir) -> list[str]:
+  run = os.path.relpath(attention['workdir'], experiment.path)
+  maps = os.path.join(experiment.LEARNER, experiment.LEARNER_ATTENTION)
   layers = len(next(iter(attention['entropy_by_layer'].values())))
   lines = [
       '### What queries, keys and values do', '',
@@ -464,7 +443,7 @@ def _attention_lines(attention: dict, experiment_dir: str) -> list[str]:
     return lines + [f'The words "{attention["verb"]}" and "{attention["object"]}" are not both '
                     'found in the pieces of the sentence: not measured.', '']
   lines.append(
-      _sentence_choice(attention) +
+      _sentence_choice(attention, candidates) +
       _object_and_verb_outputs(attention) + " In the last layer (heads' mean), the "
       f"cross-attention row that writes `{attention['object_output']}` (labelled "
       f"`{attention['object_row_label']}`, its input, in the maps) puts "
@@ -497,28 +476,28 @@ def _object_and_verb_outputs(attention: dict) -> str:
   return text + '.'
 
 
-def _sentence_choice(attention: dict) -> str:
+def _sentence_choice(attention: dict, candidates: int) -> str:
   """Why this sentence: the first candidate whose translation has its object, or none did."""
   tried = '; '.join(f"“{t['sentence']}” → “{t['translation']}”" for t in attention['tried'])
   if attention['translated_object']:
-    return (f"“{attention['sentence']}” is the first of {len(learner.VERB_SENTENCES)} candidate "
+    return (f"“{attention['sentence']}” is the first of {candidates} candidate "
             f"sentences whose translation has the object's English word "
             f"“{attention['english_object']}” (tried: {tried}).")
-  return (f"None of the {len(learner.VERB_SENTENCES)} candidate sentences' translations has its "
+  return (f"None of the {candidates} candidate sentences' translations has its "
           f"object's English word (tried: {tried}), so these figures come from a model that "
           f"does not translate “{attention['sentence']}”: read them as such.")
 
 
-def _word_order_lines(order: dict, runs: dict[str, dict],
+def _word_order_lines(order: dict, sentences: Sequence[str], runs: dict[str, dict],
                       baseline: Optional[dict]) -> list[str]:
   lines = ['### How is word order known?', '',
            "Self-attention alone is blind to order: permute the source and the encoder's "
            'outputs are permuted the same way, and cross-attention sums over them. The '
            'sinusoidal positions added to the embeddings are all the model knows of order. '
            'Two sentences with the same words, greedy translations:', '',
-           '| model | positions | ' + ' | '.join(f'"{s}"' for s in learner.ORDER_SENTENCES) +
+           '| model | positions | ' + ' | '.join(f'"{s}"' for s in sentences) +
            ' | one translation for both? |',
-           '|---|---|' + '---|' * len(learner.ORDER_SENTENCES) + '---|']
+           '|---|---|' + '---|' * len(sentences) + '---|']
   for name, out in order.items():
     lines.append(f"| {name} | {out['positions']} | " +
                  ' | '.join(out['translations']) + f" | {'yes' if out['same'] else 'no'} |")
@@ -574,22 +553,24 @@ def _memory_lines(memory: dict) -> list[str]:
   lines += ['', f"From {first} to {last} tokens ({last // first}× longer) the cache grows "
             f"{memory['cache_bytes'][-1] / memory['cache_bytes'][0]:.0f}× and the attention "
             f"weights {memory['attention_bytes'][-1] / memory['attention_bytes'][0]:.0f}×.", '',
-            f"![memory]({learner.LEARNER_DIR}/{memory['plot']})"]
+            f"![memory]({workdir_lib.ExperimentDir.LEARNER}/{memory['plot']})"]
   return lines + ['']
 
 
-def _learner_lines(experiment_dir: str, groups: dict[str, list[dict]]) -> list[str]:
+def _learner_lines(experiment: workdir_lib.ExperimentDir,
+                   groups: dict[str, list[dict]]) -> list[str]:
   """The questions a learner asks, from learner.measure's JSON and the learner runs."""
-  path = os.path.join(experiment_dir, learner.LEARNER_DIR, learner.LEARNER_FILE)
-  runs = _learner_runs(experiment_dir)
+  path = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
+  runs = _learner_runs(experiment)
   if not os.path.exists(path):
     return []
   with open(path) as f:
     measured = json.load(f)
   baseline = (groups.get('baseline') or [None])[0]
   lines = ['', '## Questions a learner asks', '']
-  lines += _attention_lines(measured['attention'], experiment_dir)
-  lines += _word_order_lines(measured['word_order'], runs, baseline)
+  lines += _attention_lines(measured['attention'], len(measured['verb_sentences']), experiment)
+  lines += _word_order_lines(measured['word_order'], measured['order_sentences'], runs,
+                             baseline)
   lines += _batch_norm_lines(measured['batch_statistics'], groups)
   lines += _memory_lines(measured['memory'])
   if 'all_pairs' in runs and baseline:
@@ -605,14 +586,15 @@ def _learner_lines(experiment_dir: str, groups: dict[str, list[dict]]) -> list[s
 def write_report(experiment_dir: str, *, variants: Sequence[str],
                  lr_grid: Sequence[str] = ()) -> str:
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path."""
-  groups = _group(experiment_dir, variants)
-  grid_groups = _group(experiment_dir, lr_grid)
+  experiment = workdir_lib.ExperimentDir(experiment_dir)
+  groups = _group(experiment, variants)
+  grid_groups = _group(experiment, lr_grid)
   code_version = check_one_code_version({**groups, **grid_groups})
   check_one_vocabulary({**groups, **grid_groups})
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
   first_eval = min((int(plots.series(r['rows'], 'eval/loss')[0][0]) for r in finished
                     if len(plots.series(r['rows'], 'eval/loss')[0])), default=0)
-  references_path = os.path.join(experiment_dir, TEST_REFERENCES)
+  references_path = experiment.file(experiment.REFERENCES)
   references = _read_lines(references_path) if os.path.exists(references_path) else None
   tests = _bootstrap(groups, references)
 
@@ -638,20 +620,20 @@ def write_report(experiment_dir: str, *, variants: Sequence[str],
   if tests:
     lines += [''] + _bootstrap_table(tests)
 
-  plot_dir = os.path.join(experiment_dir, 'plots')
+  plot_dir = experiment.file(experiment.PLOTS)
   os.makedirs(plot_dir, exist_ok=True)
-  lines += [''] + _lr_grid_lines(_lr_grid(experiment_dir, lr_grid), plot_dir)
+  lines += [''] + _lr_grid_lines(_lr_grid(experiment, lr_grid), plot_dir)
   lines += ['## Plots', '']
-  lines += [f'![{title}](plots/{os.path.basename(path)})'
+  lines += [f'![{title}]({experiment.PLOTS}/{os.path.basename(path)})'
             for title, path in _plots(groups, plot_dir) if path]
 
-  lines += _learner_lines(experiment_dir, groups)
+  lines += _learner_lines(experiment, groups)
   lines += ['', '## Reading', '', significance.VERDICT_RULE, '']
   lines += _claim_lines(groups, tests)
   if max((len(runs) for runs in groups.values()), default=0) < 2:
     lines.append('- One seed per variant: every verdict is at most inconclusive (the rule needs '
                  'the spread over seeds); run with `--seeds=3`.')
-  path = os.path.join(experiment_dir, 'REPORT.md')
+  path = experiment.file(experiment.REPORT)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return path

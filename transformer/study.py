@@ -9,7 +9,7 @@ The entry point is the top-level study.py.
 """
 
 from concurrent import futures
-import json
+import functools
 import math
 import multiprocessing
 import os
@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-import configs
-from transformer import checkpoints
 from transformer import cli
 from transformer import config_checks
 from transformer import config_utils
@@ -36,6 +34,8 @@ from transformer import provenance
 from transformer import report
 from transformer import training
 from transformer import translator as translator_lib
+from transformer import variants as variants_lib
+from transformer import workdir as workdir_lib
 from transformer.datasets import iwslt2017_fr_en
 
 STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero',
@@ -65,7 +65,6 @@ LEARNER_RUNS = {
     'learner/no_positions': ('baseline', {'model.positions': 'none'}),
     'learner/all_pairs': ('baseline', {'max_train_pairs': 0}),
 }
-RESULT_FILE = 'test_result.json'
 # The plan's GPU: NVIDIA H200 SXM, 989 TFLOP/s dense bfloat16 (NVIDIA's data sheet; 1,979 is
 # with 2:4 sparsity). The MFU is an assumption, not a measurement: ~40% is what well-tuned
 # Transformer training reaches on Hopper; float32 runs use the TF32 peak, half of it.
@@ -81,7 +80,7 @@ TST2016_TARGET_TOKENS_PER_PAIR = 26.83
 
 def variant_names() -> list[str]:
   """Every variant file in configs/ (the study's ten first, then any extras)."""
-  found = configs.variant_names()
+  found = variants_lib.variant_names()
   return ([n for n in STUDY_VARIANTS if n in found] +
           [n for n in found if n not in STUDY_VARIANTS])
 
@@ -98,11 +97,10 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   SIGTERM or Ctrl-C stopped short raises RunInterrupted and writes no result, so that the
   next invocation resumes it instead of skipping it as finished.
   """
-  result_path = os.path.join(workdir, RESULT_FILE)
+  run = workdir_lib.Workdir(workdir)
   version = provenance.code_version()
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      result = json.load(f)
+  result = run.result()
+  if result is not None:
     if result.get('code_version') != version:
       trained_by = result.get('code_version', 'of an unrecorded version')
       raise cli.UserError(
@@ -110,7 +108,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
           'study holds runs of one code version. Give a new --experiment_dir (or move that '
           'run away to retrain it).')
     if result.get('num_train_steps') == config.num_train_steps:
-      logging.info('%s is done; skipping.', workdir)
+      logging.info('%s is finished; skipping it.', workdir)
       return result
   result = {'num_train_steps': config.num_train_steps, 'code_version': version,
             'git_commit': provenance.git_commit()}
@@ -118,50 +116,50 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     last_metrics = training.train_and_evaluate(config, workdir)
     result['diverged'] = False
-    _check_finished(workdir, last_metrics)
+    _check_finished(run, last_metrics)
   except training.NonFiniteLossError as e:
     logging.warning('%s diverged: %s', workdir, e)
     result['diverged'] = True
     result['error'] = str(e)
   result['train_seconds_this_invocation'] = time.perf_counter() - started
   if not result['diverged']:
-    result.update(_decode_test(config, workdir, 'best'))
+    result.update(_decode_test(config, run, 'best'))
     if config.average_checkpoints:
-      result['average'] = _decode_test(config, workdir, f'average:{config.average_checkpoints}')
-  with open(result_path, 'w') as f:
-    json.dump(result, f, indent=2)
+      result['average'] = _decode_test(config, run, f'average:{config.average_checkpoints}')
+  run.write_result(result)
   return result
 
 
-def _check_finished(workdir: str, last_metrics: dict) -> None:
+def _check_finished(run: workdir_lib.Workdir, last_metrics: dict) -> None:
   """Raises RunInterrupted unless the run reached its last step or stopped early by patience.
 
-  The last step is the workdir's config.json's, which holds the budget resolved from
+  The last step is the run's recorded config's, which holds the budget resolved from
   num_train_epochs when num_train_steps is 0 (the full scale).
   """
-  saved = checkpoints.saved_steps(workdir, 'checkpoints')
-  step, budget = (saved[-1] if saved else 0), checkpoints.load_config(workdir).num_train_steps
+  saved = run.saved_steps()
+  step, budget = (saved[-1] if saved else 0), run.config().num_train_steps
   if step < budget and 'train/stopped_early_at_step' not in last_metrics:
-    raise RunInterrupted(f'{workdir} stopped at step {step} of {budget} and is saved; run the '
+    raise RunInterrupted(f'{run.path} stopped at step {step} of {budget} and is saved; run the '
                          'same command again to resume it.')
 
 
-def _decode_test(config: ml_collections.ConfigDict, workdir: str, checkpoint: str) -> dict:
+def _decode_test(config: ml_collections.ConfigDict, run: workdir_lib.Workdir,
+                 checkpoint: str) -> dict:
   """Test BLEU/chrF of one checkpoint; for IWSLT also of each year tst2010 ... tst2015.
 
   The test split is the years concatenated in order, so each year is scored on its slice of
   the one decoding (the concatenation's score is not the mean of the years': BLEU pools
   n-gram counts).
   """
-  name = '' if checkpoint == 'best' else '.' + checkpoint.replace(':', '_')
-  decoded = inference.decode(workdir, checkpoint=checkpoint, split='test',
-                             output_path=os.path.join(workdir, f'test_hypotheses{name}.en'))
+  decoded = inference.decode(run.path, checkpoint=checkpoint, split='test',
+                             write_translations=False)
+  run.write_hypotheses(checkpoint, decoded['hypotheses'])
   result = {k: decoded[k] for k in (
       'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')}
   if config.dataset_name == 'iwslt2017_fr_en':
     result['test_sets'], start = {}, 0
     for year in iwslt2017_fr_en.TEST_SETS:
-      references = [en for _, en in input_pipeline.load_pairs(config, year)]
+      references = [en for _, en in datasets.load_pairs(config, year)]
       hypotheses = decoded['hypotheses'][start:start + len(references)]
       start += len(references)
       scores = translator_lib.score(hypotheses, [references])
@@ -189,20 +187,20 @@ def run_configs(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]]
   variants = list(variants or variant_names())
 
   def config_of(variant: str, seed: int) -> ml_collections.ConfigDict:
-    config = configs.get_variant(variant, scale)
+    config = variants_lib.get_variant(variant, scale)
     config_utils.apply_overrides(config, {**REGIMES[scale], **(overrides or {})})
     config.seed = seed
     return config
 
   out = {}
   for seed in range(seeds):
-    out.update({os.path.join(name, f'seed_{seed}'): config_of(name, seed) for name in variants})
+    out.update({workdir_lib.run_name(name, seed): config_of(name, seed) for name in variants})
     for name, (variant, changes) in LEARNER_RUNS.items() if learner and seed == 0 else ():
       config = config_of(variant, 0)
       unchanged = config_utils.to_dict(config)
       config_utils.apply_overrides(config, changes)
       if config_utils.to_dict(config) != unchanged:
-        out[os.path.join(name, 'seed_0')] = config
+        out[workdir_lib.run_name(name)] = config
   for variant in LR_GRID_VARIANTS if lr_grid else ():
     for factor in LR_GRID_FACTORS:
       for warmup in (True, False):
@@ -216,7 +214,7 @@ def run_configs(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]]
         else:
           grid['num_train_epochs'] = config.num_train_epochs * LR_GRID_STEPS_FRACTION
         config_utils.apply_overrides(config, grid)
-        out[os.path.join(lr_grid_name(variant, factor, warmup), 'seed_0')] = config
+        out[workdir_lib.run_name(lr_grid_name(variant, factor, warmup))] = config
   return out
 
 
@@ -231,13 +229,17 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
   measures it), since one small step leaves cores idle between its ops.
   """
   variants = list(variants or variant_names())
+  experiment = workdir_lib.ExperimentDir(experiment_dir)
+  experiment.check_not_a_run()
   runs = run_configs(scale, seeds=seeds, variants=variants, lr_grid=lr_grid,
                      learner=learner, overrides=overrides)
-  jobs = [(config, os.path.join(experiment_dir, run)) for run, config in runs.items()]
+  for config in runs.values():  # Every run's config is checked before the first trains.
+    config_checks.validate(config)
+  jobs = [(config, os.path.join(experiment.path, run)) for run, config in runs.items()]
   if parallel_runs > 1:
     # Built here once: runs starting together would each build the dataset and vocabulary.
     for data in {(c.dataset_name, c.data_dir, c.vocab_size): c for c, _ in jobs}.values():
-      input_pipeline.prepare(data)
+      input_pipeline.prepare_vocabulary(data)
     context = multiprocessing.get_context('spawn')  # A forked JAX runtime is not safe.
     with futures.ProcessPoolExecutor(parallel_runs, mp_context=context) as pool:
       for done in [pool.submit(run_one, *job) for job in jobs]:
@@ -245,66 +247,70 @@ def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
   else:
     for job in jobs:
       run_one(*job)
-  write_test_references(runs[os.path.join(variants[0], 'seed_0')], experiment_dir)
+  write_test_references(runs[workdir_lib.run_name(variants[0])], experiment)
   if learner and 'baseline' in variants:
-    write_learner(experiment_dir, variants)
+    write_learner(experiment, variants)
   return report.write_report(experiment_dir, variants=variants,
-                             lr_grid=[run.split(os.sep + 'seed_')[0] for run in runs
-                                      if run.startswith(LR_GRID_DIR + os.sep)])
+                             lr_grid=[run.split(os.sep + workdir_lib.SEED_PREFIX)[0]
+                                      for run in runs if run.startswith(LR_GRID_DIR + os.sep)])
 
 
-def write_test_references(config: ml_collections.ConfigDict, experiment_dir: str) -> None:
+def write_test_references(config: ml_collections.ConfigDict,
+                          experiment: workdir_lib.ExperimentDir) -> None:
   """The test split's English side, one line a sentence: the report's bootstrap reads it."""
-  references = [en for _, en in input_pipeline.load_pairs(config, 'test')]
-  os.makedirs(experiment_dir, exist_ok=True)
-  with open(os.path.join(experiment_dir, report.TEST_REFERENCES), 'w') as f:
+  references = [en for _, en in datasets.load_pairs(config, 'test')]
+  os.makedirs(experiment.path, exist_ok=True)
+  with open(experiment.file(experiment.REFERENCES), 'w') as f:
     f.write(''.join(line + '\n' for line in references))
 
 
-def write_learner(experiment_dir: str, variants: Sequence[str]) -> Optional[str]:
+def write_learner(experiment: workdir_lib.ExperimentDir,
+                  variants: Sequence[str]) -> Optional[str]:
   """learner.measure on the study's runs; None (nothing written) until the baseline is done.
 
   The attention is read from the finished seed-0 run (a variant's or learner/all_pairs) with
-  the best test BLEU: the maps of the model that translates best, as the issue asks.
+  the best test BLEU: the maps of the model that translates best.
   """
-  finished = lambda run: os.path.exists(os.path.join(experiment_dir, run, RESULT_FILE))
-  run_dir = lambda name: os.path.join(name, 'seed_0')
-  if not finished(run_dir('baseline')):
+  if experiment.run('baseline').result() is None:
     return None
   bleu = {}
-  for run in [run_dir(v) for v in variants] + [run_dir(name) for name in LEARNER_RUNS]:
-    if finished(run):
-      with open(os.path.join(experiment_dir, run, RESULT_FILE)) as f:
-        score = json.load(f).get('bleu')  # None: the run diverged.
-      if score is not None:
-        bleu[run] = score
-  no_positions = run_dir('learner/no_positions')
+  for name in list(variants) + list(LEARNER_RUNS):
+    result = experiment.run(name).result()
+    if result is not None and result.get('bleu') is not None:  # None: the run diverged.
+      bleu[name] = result['bleu']
+  no_positions = experiment.run('learner/no_positions')
   return learner_lib.measure(
-      experiment_dir, translating=os.path.join(experiment_dir, max(bleu, key=bleu.get)),
-      baseline=os.path.join(experiment_dir, run_dir('baseline')),
-      no_positions=os.path.join(experiment_dir, no_positions) if finished(no_positions) else None)
+      experiment.path, translating=experiment.run(max(bleu, key=bleu.get)).path,
+      baseline=experiment.run('baseline').path,
+      no_positions=no_positions.path if no_positions.result() is not None else None)
 
 
-def _epoch_steps(config: ml_collections.ConfigDict) -> tuple[float, bool]:
-  """(optimizer steps per epoch, measured?): measured if the data and vocabulary are there."""
-  prepared = _prepared(config)
-  if prepared:
-    examples = input_pipeline.train_examples(config, input_pipeline.prepare(config))
-    steps, per_epoch = training.epoch_budget(config, examples)
-    del steps
+def _epoch_steps(config: ml_collections.ConfigDict, prepared: dict) -> tuple[float, bool]:
+  """(optimizer steps per epoch, measured?): measured on the data, estimated for IWSLT 2017
+  when its release is not prepared here (the embedded Bible is prepared in seconds).
+
+  `prepared` caches each dataset's tokenized training pairs across the plan's runs, which
+  share a few datasets: tokenizing once per run made a dry run take minutes.
+  """
+  if datasets.is_prepared(config) or config.dataset_name != 'iwslt2017_fr_en':
+    key = (config.dataset_name, config.data_dir, config.vocab_size, config.max_train_pairs,
+           config.max_length, config.max_target_length)
+    if key not in prepared:
+      prepared[key] = input_pipeline.prepare(config, evaluate=False).train
+    _, per_epoch = training.epoch_budget(config, prepared[key], quiet=True)
     return per_epoch, True
-  if config.dataset_name != 'iwslt2017_fr_en':
-    raise ValueError(f'{config.dataset_name} is not prepared: build it first.')
   positions = (input_pipeline.micro_batch_rows(config) * config.max_target_length *
                config.grad_accum_steps)
   return PUBLISHED_TRAIN_PAIRS * TST2016_TARGET_TOKENS_PER_PAIR / positions, False
 
 
-def _prepared(config: ml_collections.ConfigDict) -> bool:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(config.dataset_name, data_dir=datasets.data_dir(config))
-  vocabulary = os.path.join(os.fspath(builder.data_dir), f'spm_{config.vocab_size}.model')
-  return builder.is_prepared() and os.path.exists(vocabulary)
+@functools.lru_cache
+def _parameter_count(model_config: models.ModelConfig) -> int:
+  """Parameters of a model, from its shapes alone (the plan's runs share a few models)."""
+  model = models.Transformer(model_config)
+  dummy = jnp.ones((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, dummy, train=False))
+  return sum(x.size for x in jax.tree.leaves(shapes['params']))
 
 
 def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None,
@@ -319,14 +325,14 @@ def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None
   to measure.
   """
   gpu, peak = PLAN_GPU
-  lines, total_seconds, measured_all = [], 0.0, True
+  lines, total_seconds, measured_all, prepared = [], 0.0, True, {}
   header = ('| run | steps | epochs | tokens/step | accum | dtype | params | GFLOP/step '
             f'| {gpu} h at {PLAN_MFU:.0%} MFU | params+Adam GiB |')
   lines += [header, '|' + '---|' * 10]
   for run, config in run_configs(scale, seeds=seeds, variants=variants, lr_grid=lr_grid,
                                  learner=learner, overrides=overrides).items():
     config_checks.validate(config)
-    per_epoch, measured = _epoch_steps(config)
+    per_epoch, measured = _epoch_steps(config, prepared)
     measured_all &= measured
     steps = config.num_train_steps or math.ceil(config.num_train_epochs * per_epoch)
     model_config = models.ModelConfig.from_config(config.model)
@@ -338,10 +344,7 @@ def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None
     run_peak = peak if dtype.itemsize == 2 else peak / 2
     seconds = steps * step_flops / (run_peak * PLAN_MFU)
     total_seconds += seconds
-    abstract = jax.eval_shape(lambda: models.make_model(config).init(
-        jax.random.key(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32),
-        train=False)['params'])
-    params = sum(x.size for x in jax.tree.leaves(abstract))
+    params = _parameter_count(model_config)
     state_bytes = params * (16 + (4 if config.grad_accum_steps > 1 else 0))
     lines.append(f'| {run} | {steps:,} | {steps / per_epoch:.1f} | '
                  f'{rows * config.max_target_length:,} | {config.grad_accum_steps} | '

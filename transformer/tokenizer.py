@@ -4,22 +4,28 @@ Trained once on both sides of the training split and cached beside the prepared 
 (`<data_dir>/<dataset>/<version>/spm_<vocab_size>.model` plus a `.json` that records what it
 was made from), so every run on the same data shares the same ids. Ids: pad 0, eos 1, unk 2,
 no bos (the decoder starts from pad, as in the Flax wmt example).
+
+The same sentences give the same file, byte for byte, on any machine: sentencepiece records
+the folder it trained in (`trainer_spec.model_prefix`, a temporary folder here), and that
+field is cleared before the model is written. `fingerprint` compares models by content, so
+a vocabulary written by an older version (with the folder in it) still matches.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from absl import logging
-import ml_collections
+from google.protobuf import message
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from transformer import cli
-from transformer import datasets
 
 PAD_ID = 0
 EOS_ID = 1
@@ -74,6 +80,34 @@ class Tokenizer:
     return self.processor.decode(kept)
 
 
+def fingerprint(model_path: str) -> str:
+  """SHA-256 of a sentencepiece model's content: its pieces, scores and settings.
+
+  The training folder (`trainer_spec.model_prefix`) is left out, so a vocabulary prepared
+  again elsewhere, or written before that field was cleared, has the same fingerprint.
+  """
+  with open(model_path, 'rb') as f:
+    serialized = f.read()
+  try:
+    model = _without_training_folder(serialized)
+  except message.DecodeError:  # Not a model: its bytes are all there is to compare.
+    return 'unparsed-' + hashlib.sha256(serialized).hexdigest()
+  return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def file_sha256(path: str) -> str:
+  """SHA-256 of a file's bytes (how workdirs recorded their vocabulary before fingerprint)."""
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _without_training_folder(serialized: bytes) -> sentencepiece_model_pb2.ModelProto:
+  model = sentencepiece_model_pb2.ModelProto()
+  model.ParseFromString(serialized)
+  model.trainer_spec.ClearField('model_prefix')
+  return model
+
+
 def _train(sentences: Iterable[str], vocab_size: int, model_path: str) -> None:
   """Trains into `model_path` atomically, so an interrupted run leaves no half model."""
   spm.set_random_generator_seed(_TRAINER_SEED)
@@ -100,52 +134,42 @@ def _train(sentences: Iterable[str], vocab_size: int, model_path: str) -> None:
       raise cli.UserError(f'config.vocab_size={vocab_size} is more pieces than the training '
                           f'text holds; give --config.vocab_size={limit.group(1)} or less.'
                           ) from None
-    os.replace(prefix + '.model', model_path)
+    with open(prefix + '.model', 'rb') as f:
+      model = _without_training_folder(f.read())
+    with open(prefix + '.clean', 'wb') as f:
+      f.write(model.SerializeToString(deterministic=True))
+    os.replace(prefix + '.clean', model_path)
 
 
-def load_or_train(config: ml_collections.ConfigDict) -> Tokenizer:
-  """Returns the vocabulary of config.dataset_name/vocab_size, training it on first use.
+def load_or_train(folder: str, vocab_size: int, made_from: Mapping[str, object],
+                  sentences: Callable[[], Iterable[str]]) -> Tokenizer:
+  """The `vocab_size`-piece vocabulary cached in `folder`, trained on `sentences()` first.
 
-  Raises ValueError if a cached vocabulary was made from other data or at another size.
+  `made_from` (the corpus, its version, the size, the number of pairs) is recorded beside
+  the model; a cached model made from anything else is refused rather than reused.
   Several processes: let one call this first (e.g. process 0, then a barrier).
   """
-  builder = datasets.build(config)
-  folder = os.fspath(builder.data_dir)
-  model_path = os.path.join(folder, f'spm_{config.vocab_size}.model')
-  meta_path = os.path.join(folder, f'spm_{config.vocab_size}.json')
-  train_size = builder.info.splits['train'].num_examples
-  expected = {
-      'dataset_name': config.dataset_name,
-      'version': str(builder.version),
-      'vocab_size': config.vocab_size,
-      'train_pairs': train_size,
-  }
+  model_path = os.path.join(folder, f'spm_{vocab_size}.model')
+  meta_path = os.path.join(folder, f'spm_{vocab_size}.json')
+  expected = dict(made_from)
   if os.path.exists(model_path):
     if not os.path.exists(meta_path):
-      raise cli.UserError(f'{model_path} has no {os.path.basename(meta_path)} saying what it was '
-                       f'made from; delete it to retrain.')
+      raise cli.UserError(f'{model_path} has no {os.path.basename(meta_path)} saying what it '
+                          'was made from; delete it to retrain.')
     with open(meta_path) as f:
       recorded = json.load(f)
     if recorded != expected:
-      raise cli.UserError(f'{model_path} was made for {recorded}, not {expected}; delete it (and '
-                       f'its .json) to retrain, or fix the config.')
+      raise cli.UserError(f'{model_path} was made for {recorded}, not {expected}; delete it '
+                          '(and its .json) to retrain, or fix the config.')
   else:
-    logging.info('Training a %d-piece sentencepiece model on %d %s training pairs.',
-                 config.vocab_size, train_size, config.dataset_name)
+    logging.info('Training a %d-piece sentencepiece model on %s.', vocab_size, expected)
     start = time.time()
-    source = builder.as_data_source(split='train')
-
-    def sentences():
-      for record in source:
-        yield record['fr'].decode('utf-8')
-        yield record['en'].decode('utf-8')
-
-    _train(sentences(), config.vocab_size, model_path)
+    _train(sentences(), vocab_size, model_path)
     with open(meta_path, 'w') as f:
       json.dump(expected, f, indent=1)
     logging.info('Trained %s in %.1f s.', model_path, time.time() - start)
   tokenizer = Tokenizer.load(model_path)
-  if tokenizer.vocab_size != config.vocab_size:
+  if tokenizer.vocab_size != vocab_size:
     raise cli.UserError(f'{model_path} has {tokenizer.vocab_size} pieces, config.vocab_size is '
-                     f'{config.vocab_size}.')
+                        f'{vocab_size}.')
   return tokenizer

@@ -9,9 +9,8 @@ metrics every `log_every_steps`, evaluating every `eval_every_steps` and checkpo
 import math
 import os
 import signal
-import tempfile
 import time
-from typing import Iterator
+from typing import Iterable
 
 from absl import logging
 import jax
@@ -20,30 +19,29 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from transformer import checkpoints
 from transformer import cli
 from transformer import config_checks
 from transformer import datasets
 from transformer import input_pipeline
-from transformer import metrics as metrics_lib
 from transformer import models
 from transformer import optim
 from transformer import plots
 from transformer import sharding
 from transformer import steps as steps_lib
 from transformer import translator as translator_lib
+from transformer import workdir as workdir_lib
 
 
 class Validation:
   """Greedy BLEU of the validation split during training."""
 
-  def __init__(self, config: ml_collections.ConfigDict, tokenizer, mesh):
-    pairs = input_pipeline.load_pairs(config, 'validation')
+  def __init__(self, config: ml_collections.ConfigDict, data: input_pipeline.Data, mesh):
+    pairs, tokenizer = data.validation, data.tokenizer
     if config.num_eval_bleu_sentences:
       pairs = pairs[:config.num_eval_bleu_sentences]
     self._sources = [fr for fr, _ in pairs]
     self._references = [en for _, en in pairs]
-    self._translator = translator_lib.Translator(
+    self._translator = translator_lib.BatchTranslator(
         models.make_model(config), tokenizer, batch_size=config.eval_batch_size, mesh=mesh)
     self._search = translator_lib.SearchConfig.from_config(config, beam_size=1)
 
@@ -55,7 +53,7 @@ class Validation:
 
 
 def evaluate_loss(steps: steps_lib.CompiledSteps, state: steps_lib.TrainState,
-                  batches: Iterator, mesh) -> dict:
+                  batches: Iterable, mesh) -> dict:
   """Validation loss (unsmoothed cross-entropy per target token) and perplexity."""
   totals = None
   for batch in batches:
@@ -92,11 +90,12 @@ class _PreemptionFlag:
       signal.signal(s, handler)
 
 
-def epoch_budget(config: ml_collections.ConfigDict, examples: list) -> tuple[int, float]:
+def epoch_budget(config: ml_collections.ConfigDict, examples: list, *,
+                 quiet: bool = False) -> tuple[int, float]:
   """(optimizer steps of the run, optimizer steps per epoch), from the measured data.
 
   An epoch is the train split's real target tokens (eos included, pairs that fit their rows:
-  input_pipeline.train_examples). An optimizer step holds grad_accum_steps micro-batches of
+  input_pipeline.Data.train). An optimizer step holds grad_accum_steps micro-batches of
   input_pipeline.micro_batch_rows rows of max_target_length target positions, of which the
   fraction input_pipeline.measured_fill holds real tokens (packing leaves row tails empty),
   so steps per epoch = split tokens / (positions per step * fill). num_train_steps, when
@@ -108,9 +107,11 @@ def epoch_budget(config: ml_collections.ConfigDict, examples: list) -> tuple[int
   fill = input_pipeline.measured_fill(config, examples)
   steps_per_epoch = split_tokens / (positions * fill)
   steps = config.num_train_steps or math.ceil(config.num_train_epochs * steps_per_epoch)
-  logging.info('%s: %d target tokens an epoch, %d positions a step (%.1f%% real): %.1f steps '
-               'an epoch; training %d steps (%.2f epochs).', config.dataset_name, split_tokens,
-               positions, 100 * fill, steps_per_epoch, steps, steps / steps_per_epoch)
+  if not quiet:
+    logging.info('%s: %d target tokens an epoch, %d positions a step (%.1f%% real): %.1f '
+                 'steps an epoch; training %d steps (%.2f epochs).', config.dataset_name,
+                 split_tokens, positions, 100 * fill, steps_per_epoch, steps,
+                 steps / steps_per_epoch)
   return steps, steps_per_epoch
 
 
@@ -130,56 +131,8 @@ def _combine_micro_steps(micro: list[dict]) -> dict:
           'train/nonfinite_streak': micro[-1]['train/nonfinite_streak']}
 
 
-class NonFiniteLossError(RuntimeError):
-  """Too many consecutive steps with NaN/Inf loss or gradients."""
-
-
-def _check_workdir(workdir: str) -> None:
-  """Fails before any work if the workdir cannot hold checkpoints; creates nothing."""
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):  # A new workdir is made only once the data is ready.
-    existing = os.path.dirname(existing)
-  try:
-    if not os.path.isdir(existing):
-      raise NotADirectoryError(20, f'{existing} is a file')
-    # A name of its own: the processes of a multi-process run probe the same folder.
-    with tempfile.NamedTemporaryFile(dir=existing, prefix='.write_test') as f:
-      f.write(b'\0' * 1024)
-      f.flush()
-  except OSError as e:
-    raise cli.UserError(f'Cannot write to workdir {workdir!r}: {e.strerror}. Give a folder '
-                        'you can write to as --workdir.') from None
-
-
-def _check_history(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses a start that would rewrite what the workdir records (README, "Reliability").
-
-  Rows past every checkpoint are normal (a run killed between saves drops and retrains them),
-  but rows or a best checkpoint beyond two checkpoint intervals mean a checkpoint was saved and
-  is gone: starting over would rewrite metrics.jsonl, the plots and TensorBoard from step 0.
-  A workdir trained past num_train_steps would have config.json claim fewer steps than it has
-  (checked again once an epoch budget is resolved to steps).
-  """
-  recorded = metrics_lib.last_step(workdir)  # A malformed row fails here, before any write.
-  latest = checkpoints.saved_steps(workdir, 'checkpoints')
-  best = checkpoints.saved_steps(workdir, 'best')
-  trained = max(latest + best, default=0)
-  if config.num_train_steps and trained > config.num_train_steps:  # 0: not resolved yet.
-    raise cli.UserError(
-        f'{workdir!r} is trained to step {trained}, past num_train_steps='
-        f'{config.num_train_steps}: a run is not shortened. Give --config.num_train_steps='
-        f'{trained} or more, or a new --workdir.')
-  if latest:
-    return
-  try:
-    every = checkpoints.load_config(workdir).checkpoint_every_steps
-  except cli.UserError:  # No config.json: check_config has refused any history already.
-    every = config.checkpoint_every_steps
-  if max(recorded, trained) > 2 * min(every, config.checkpoint_every_steps):
-    raise cli.UserError(
-        f'{workdir!r} records training up to step {max(recorded, trained)} but its '
-        'checkpoints/ holds none to resume from: starting over would rewrite that history. '
-        'Put the checkpoints back, or use a new --workdir.')
+class NonFiniteLossError(cli.UserError):
+  """Too many consecutive steps with NaN/Inf loss or gradients: a designed stop."""
 
 
 def _announce_scale(config: ml_collections.ConfigDict) -> None:
@@ -196,51 +149,48 @@ def _announce_scale(config: ml_collections.ConfigDict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns last metrics.
 
-  Nothing is written to the workdir before the config is known to be valid, the workdir
-  writable and the data and vocabulary prepared: a run that fails at start-up leaves the
-  workdir as it was. The vocabulary is then copied into the workdir (its hash recorded in
-  config.json), so that decoding needs neither the dataset nor a network.
+  Nothing is written to the folder before the config is known to be valid, the folder
+  writable and this run's, and the data and vocabulary prepared (workdir.Workdir): a run
+  that fails at start-up leaves the folder as it was. The vocabulary is then copied in, so
+  that decoding needs neither the dataset nor a network.
   """
   config_checks.validate(config)  # A bad field fails here, before any work.
-  _check_workdir(workdir)
-  checkpoints.check_config(workdir, config)
-  _check_history(workdir, config)
+  run = workdir_lib.Workdir(workdir)
+  run.check_before_training(config)
   _announce_scale(config)
   datasets.check_available(config)
   mesh = sharding.make_mesh()
   num_devices = mesh.devices.size
   if (rows := input_pipeline.micro_batch_rows(config)) % num_devices:
     raise cli.UserError(f'{rows} rows per micro-batch are not divisible by the '
-                     f'{num_devices} devices.')
+                        f'{num_devices} devices.')
   logging.info('Training on %d devices (%d processes): %s', num_devices, jax.process_count(),
                jax.devices())
 
-  tokenizer = input_pipeline.prepare(config)
-  examples = input_pipeline.train_examples(config, tokenizer)
-  num_steps, steps_per_epoch = epoch_budget(config, examples)
+  data = input_pipeline.prepare(config, process_index=jax.process_index(),
+                                process_count=jax.process_count(),
+                                evaluate=bool(config.eval_every_steps))
+  num_steps, steps_per_epoch = epoch_budget(config, data.train)
   config = config.copy_and_resolve_references()
   config.num_train_steps = num_steps  # The schedule decays to it; config.json records it.
-  _check_history(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.save_config(workdir, config, tokenizer)
+  run.start(config, data.tokenizer, primary=jax.process_index() == 0)
   train_iter = input_pipeline.make_train_iterator(
-      config, tokenizer, process_index=jax.process_index(), process_count=jax.process_count(),
-      examples=examples)
+      config, data.train, process_index=jax.process_index(), process_count=jax.process_count())
   accumulate = config.grad_accum_steps
 
   schedule = optim.make_schedule(config)
   steps = steps_lib.compile_steps(config, mesh)
-  checkpointer = checkpoints.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
+  checkpointer = run.checkpointer(config.max_checkpoints_to_keep)
   state = checkpointer.restore(jax.eval_shape(steps.init), train_iter) if (
       checkpointer.latest_step() is not None) else None
   if state is None:
     state = steps.init()
   start_step = int(state.step) // accumulate  # Optimizer steps (checkpoints fall between them).
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step,
-                                    enabled=jax.process_index() == 0)
-  if not any('params/count' in row for row in metrics_lib.read_metrics(workdir)):
-    writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))})
-  history = [row for row in metrics_lib.read_metrics(workdir) if row['step'] <= start_step]
+  history = [row for row in run.metrics() if row['step'] <= start_step]
+  writer = run.metric_writer(resume_step=start_step, enabled=jax.process_index() == 0)
+  if not any('params/count' in row for row in history):
+    writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))},
+                 log=False)
   wall_seconds_before = max((row['time/wall_seconds'] for row in history
                              if 'time/wall_seconds' in row), default=0.0)
   # Early stopping reads the evaluations from metrics.jsonl, so a resumed run counts on.
@@ -249,13 +199,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       evaluations_since_best(bleus) >= config.patience)
   loop_start = time.perf_counter()
 
-  validation = Validation(config, tokenizer, mesh) if config.eval_every_steps else None
+  validation = Validation(config, data, mesh) if config.eval_every_steps else None
   preemption = _PreemptionFlag()
   pending, last_metrics, step = [], {}, start_step
   window_start, window_steps = time.perf_counter(), 0
+  progress = _ProgressBar(config, steps_per_epoch, start_step)
 
   def flush_train_metrics():
-    """Fetches the steps' metrics (the loop's only host sync) and writes one row a step."""
+    """Fetches the steps' metrics (the loop's only regular host sync); one row a step."""
     nonlocal pending
     fetched = [_combine_micro_steps(micro) for micro in jax.device_get(pending)]
     for first_step, step_metrics in zip(range(step - len(fetched) + 1, step + 1), fetched):
@@ -267,16 +218,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending = []
     return fetched
 
-  # The bar counts epochs (steps in its postfix), the unit a 50-epoch budget is set in.
-  progress = tqdm.tqdm(total=round(config.num_train_steps / steps_per_epoch, 2),
-                       initial=round(start_step / steps_per_epoch, 2), unit='epoch',
-                       bar_format='{l_bar}{bar}| {n:.2f}/{total:.2f} epochs [{elapsed}<'
-                       '{remaining}{postfix}]', dynamic_ncols=True,
-                       disable=jax.process_index() != 0)
+  def check_nonfinite(streak: int) -> None:
+    """Stops after max_nonfinite_steps NaN/Inf steps in a row, keeping the last checkpoint."""
+    if streak >= config.max_nonfinite_steps:
+      flush_train_metrics()
+      checkpointer.wait_until_finished()
+      latest = checkpointer.latest_step()
+      raise NonFiniteLossError(
+          f'{streak} consecutive steps had a NaN/Inf loss or gradient (limit '
+          f'max_nonfinite_steps={config.max_nonfinite_steps}), the last at step {step}. '
+          + (f'The last checkpoint (step {latest}) is intact in {workdir}; lower '
+             '--config.learning_rate or raise --config.warmup_steps and train a new workdir.'
+             if latest is not None else 'No checkpoint was saved.'))
+
   stopped_early = patience_ran_out()
   if stopped_early:
     logging.info('%d evaluations without a new best BLEU (patience %d): not training on.',
                  evaluations_since_best(bleus), config.patience)
+  previous_streak = None  # The last step's NaN/Inf streak, still on the device.
   try:
     while step < config.num_train_steps and not preemption.raised and not stopped_early:
       # The loop draws one optimizer step's micro-batches at once: a checkpoint (saved only
@@ -293,12 +252,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write(step + 1, jax.device_get(steps.diagnostics(state, batch)), log=False)
         state, step_metrics = steps.train(state, batch)
         micro_metrics.append(step_metrics)
+      # The NaN/Inf limit is checked every step, one step behind: this step is queued, the
+      # one before has finished, so reading its streak does not stall the pipeline.
+      if previous_streak is not None:
+        check_nonfinite(int(previous_streak))
+      previous_streak = micro_metrics[-1]['train/nonfinite_streak']
       pending.append(micro_metrics)
       step += 1
       window_steps += 1
-      progress.n = round(step / steps_per_epoch, 2)
-      progress.set_postfix_str(f'step {step}/{config.num_train_steps}', refresh=False)
-      progress.update(0)
+      progress.update(step)
 
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         fetched = flush_train_metrics()
@@ -309,34 +271,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  'time/wall_seconds': wall_seconds_before + time.perf_counter() - loop_start}
         writer.write(step, speed, log=False)
         loss = float(np.mean([m['train/loss'] for m in fetched]))
+        progress.show(loss, speed['time/tokens_per_second'])
         logging.info('step %d (epoch %.2f): loss %.4f, %.0f target tokens/s', step,
                      step / steps_per_epoch, loss, speed['time/tokens_per_second'])
-        streak = max(int(m['train/nonfinite_streak']) for m in fetched)
+        streak = int(fetched[-1]['train/nonfinite_streak'])
         if streak:
           logging.warning('Skipped %d NaN/Inf steps so far (%d in a row).',
                           int(state.nonfinite_total), streak)
-        if streak >= config.max_nonfinite_steps:
-          checkpointer.wait_until_finished()
-          raise NonFiniteLossError(
-              f'{streak} consecutive steps had a NaN/Inf loss or gradient (limit '
-              f'max_nonfinite_steps={config.max_nonfinite_steps}); stopping. The last good '
-              f'checkpoint (step {checkpointer.latest_step()}) is intact in {workdir}.')
+        check_nonfinite(streak)
         window_start, window_steps = time.perf_counter(), 0
 
       if validation and (step % config.eval_every_steps == 0 or step == config.num_train_steps):
-        eval_metrics = evaluate_loss(steps, state, input_pipeline.make_eval_iterator(
-            config, tokenizer, 'validation', process_index=jax.process_index(),
-            process_count=jax.process_count()), mesh)
+        eval_metrics = evaluate_loss(steps, state, data.eval_batches['validation'], mesh)
         # The same loss on training pairs: validation minus this is the generalization gap.
         eval_metrics['eval/train_loss'] = evaluate_loss(
-            steps, state, input_pipeline.make_eval_iterator(
-                config, tokenizer, 'train', process_index=jax.process_index(),
-                process_count=jax.process_count()), mesh)['eval/loss']
+            steps, state, data.eval_batches['train'], mesh)['eval/loss']
         eval_metrics.update(validation.bleu(state))
         eval_metrics['eval/nonfinite_total'] = float(state.nonfinite_total)
         writer.write(step, eval_metrics)
         last_metrics.update(eval_metrics)
-        checkpointer.save_best(step, state, eval_metrics['eval/bleu'])
+        if math.isfinite(eval_metrics['eval/loss']):
+          checkpointer.save_best(step, state, eval_metrics['eval/bleu'])
         window_start, window_steps = time.perf_counter(), 0
         bleus.append(eval_metrics['eval/bleu'])
         if patience_ran_out():
@@ -347,16 +302,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           last_metrics['train/stopped_early_at_step'] = step
 
       if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+        # Rows reach a checkpoint step only once the previous save is on disk: a folder with
+        # rows two intervals in and no checkpoint has lost one (workdir._check_history).
+        checkpointer.wait_until_finished()
         flush_train_metrics()  # A resumed run must find every row up to its checkpoint.
-        checkpointer.save(step, state, train_iter)
+        _save_if_finite(checkpointer, step, state, train_iter)
     if (preemption.raised or stopped_early) and step > start_step:
       flush_train_metrics()
       if step % config.checkpoint_every_steps:
-        checkpointer.save(step, state, train_iter)
-      logging.warning('Saved step %d of %d in %s; run the same command again to resume.',
-                      step, config.num_train_steps, workdir)
-    if jax.process_index() == 0:
-      plots.plot_training_run(workdir, metrics_lib.read_metrics(workdir))
+        _save_if_finite(checkpointer, step, state, train_iter)
+      if preemption.raised:
+        logging.warning('Saved step %d of %d in %s; run the same command again to resume.',
+                        step, config.num_train_steps, workdir)
+    if jax.process_index() == 0 and step > start_step:
+      plots.plot_training_run(run.plots_dir, os.path.basename(run.path), run.metrics())
   finally:
     progress.close()
     preemption.restore()
@@ -364,3 +323,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
     writer.close()
   return last_metrics
+
+
+def _save_if_finite(checkpointer, step: int, state, train_iter) -> None:
+  """Saves unless a parameter is NaN/Inf: a checkpoint is never a broken model.
+
+  A step with a NaN/Inf loss or gradient leaves the parameters as they were, but a finite
+  update can still overflow them.
+  """
+  if not bool(_all_finite(state.params)):
+    logging.warning('Step %d has NaN/Inf parameters: not saving its checkpoint.', step)
+    return
+  checkpointer.save(step, state, train_iter)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+class _ProgressBar:
+  """tqdm over epochs (the unit a 50-epoch budget is set in), with loss, tokens/s and ETA."""
+
+  def __init__(self, config: ml_collections.ConfigDict, steps_per_epoch: float,
+               start_step: int):
+    self._total_steps = config.num_train_steps
+    self._per_epoch = steps_per_epoch
+    self._bar = tqdm.tqdm(
+        total=round(config.num_train_steps / steps_per_epoch, 2),
+        initial=round(start_step / steps_per_epoch, 2), unit='epoch', dynamic_ncols=True,
+        bar_format='{l_bar}{bar}| {n:.2f}/{total:.2f} epochs [{elapsed}<{remaining}{postfix}]',
+        disable=jax.process_index() != 0)
+    self._step, self._stats = start_step, ''
+
+  def update(self, step: int) -> None:
+    self._step = step
+    self._bar.n = round(step / self._per_epoch, 2)
+    self._bar.set_postfix_str(f'step {step}/{self._total_steps}{self._stats}', refresh=False)
+    self._bar.update(0)
+
+  def show(self, loss: float, tokens_per_second: float) -> None:
+    self._stats = f', loss {loss:.3f}, {tokens_per_second:,.0f} target tok/s'
+    self.update(self._step)
+
+  def close(self) -> None:
+    self._bar.close()

@@ -80,7 +80,7 @@ def bucket_length(num_tokens: int, max_len: int) -> int:
   return max_len
 
 
-class Translator:
+class BatchTranslator:
   """Translates lists of sentences with a model's KV-cached decoder."""
 
   def __init__(self, model, tokenizer, *, batch_size: int, mesh: Optional[Mesh] = None):

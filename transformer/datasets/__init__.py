@@ -14,7 +14,6 @@ import tensorflow_datasets as tfds
 from transformer import cli
 
 
-
 def data_dir(config: ml_collections.ConfigDict) -> str:
   """Returns the TFDS data_dir in use: config.data_dir, else TFDS' default."""
   return os.path.expanduser(config.data_dir or tfds.core.constants.DATA_DIR)
@@ -26,11 +25,22 @@ def manual_dir(config: ml_collections.ConfigDict) -> str:
       config.manual_dir or os.path.join(data_dir(config), 'downloads', 'manual'))
 
 
+def is_prepared(config: ml_collections.ConfigDict) -> bool:
+  """Whether the dataset's files are there, asked of the builder's class.
+
+  An instance of a builder whose data is missing logs a warning when it is made ("has no
+  dataset_info.json"), which a dry run that only asks would repeat once a run.
+  """
+  builder_cls = tfds.builder_cls(config.dataset_name)
+  return os.path.exists(os.path.join(data_dir(config), config.dataset_name,
+                                     str(builder_cls.VERSION), 'dataset_info.json'))
+
+
 def check_available(config: ml_collections.ConfigDict) -> None:
   """Refuses, before any work, an IWSLT run that has neither the data nor a way to get it."""
   if config.dataset_name != 'iwslt2017_fr_en':
     return
-  if tfds.builder(config.dataset_name, data_dir=data_dir(config)).is_prepared():
+  if is_prepared(config):
     return
   folder = manual_dir(config)
   if iwslt2017_fr_en.find_archive(folder):
@@ -56,16 +66,15 @@ def build(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def data_source(config: ml_collections.ConfigDict, split: str):
-  """Returns the random-access source of `split` ({'fr': bytes, 'en': bytes} records)."""
-  builder = build(config)
+def split_pairs(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[str, str]]:
+  """The (fr, en) pairs of a prepared builder's `split`, in the corpus' own order."""
   if split not in builder.info.splits:
-    raise cli.UserError(f'{config.dataset_name} has no split {split!r}; it has '
-                     f'{sorted(builder.info.splits)}.')
-  return builder.as_data_source(split=split)
+    raise cli.UserError(f'{builder.name} has no split {split!r}; it has '
+                        f'{sorted(builder.info.splits)}.')
+  return [(r['fr'].decode('utf-8'), r['en'].decode('utf-8'))
+          for r in builder.as_data_source(split=split)]
 
 
 def load_pairs(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, str]]:
-  """Returns the (fr, en) pairs of `split` in the corpus' own order."""
-  source = data_source(config, split)
-  return [(r['fr'].decode('utf-8'), r['en'].decode('utf-8')) for r in source]
+  """The (fr, en) pairs of `split` of config.dataset_name, preparing it if needed."""
+  return split_pairs(build(config), split)
