@@ -9,14 +9,12 @@ when both the seeds and the test set's resampling do.
 
 import dataclasses
 import glob
-import hashlib
 import json
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
-from sentencepiece import sentencepiece_model_pb2
 
 from transformer import checkpoints
 from transformer import cli
@@ -24,6 +22,7 @@ from transformer import learner
 from transformer import metrics as metrics_lib
 from transformer import plots
 from transformer import significance
+from transformer import tokenizer as tokenizer_lib
 
 TEST_REFERENCES = 'test_references.en'  # Written by study.write_test_references.
 HYPOTHESES = 'test_hypotheses.en'  # Written by study.run_one (the best checkpoint's).
@@ -98,8 +97,8 @@ def _load_run(run_dir: str) -> dict:
       'skipped': int(skipped[-1]) if skipped else 0,
       'average': result.get('average', {}), 'test_sets': result.get('test_sets', {}),
       'code_version': result.get('code_version', 'unrecorded'),
-      'vocabulary': (vocabulary_fingerprint(vocabulary) if os.path.exists(vocabulary)
-                     else 'unrecorded'),
+      'vocabulary': (tokenizer_lib.vocabulary_fingerprint(vocabulary)
+                     if os.path.exists(vocabulary) else 'unrecorded'),
       'hypotheses': hypotheses if os.path.exists(hypotheses) else None,
       'finished': bool(result),
   }
@@ -124,19 +123,6 @@ def check_one_code_version(groups: dict[str, list[dict]]) -> str:
   """The code version of every finished run; a mix of versions is refused."""
   return _one_value(groups, 'code_version', 'by different code',
                     'Retrain the older runs in a new experiment_dir.')
-
-
-def vocabulary_fingerprint(model_path: str) -> str:
-  """12 hex digits of a sentencepiece model's content: its pieces, scores and settings.
-
-  The file's own hash will not do: sentencepiece records the temporary folder it was trained
-  in (trainer_spec.model_prefix), so the same vocabulary prepared twice differs in bytes.
-  """
-  model = sentencepiece_model_pb2.ModelProto()
-  with open(model_path, 'rb') as f:
-    model.ParseFromString(f.read())
-  model.trainer_spec.ClearField('model_prefix')
-  return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:12]
 
 
 def check_one_vocabulary(groups: dict[str, list[dict]]) -> str:

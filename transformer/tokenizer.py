@@ -7,6 +7,7 @@ no bos (the decoder starts from pad, as in the Flax wmt example).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Iterable, Sequence
 from absl import logging
 import ml_collections
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from transformer import cli
 from transformer import datasets
@@ -72,6 +74,19 @@ class Tokenizer:
       if i != PAD_ID:
         kept.append(i)
     return self.processor.decode(kept)
+
+
+def vocabulary_fingerprint(model_path: str) -> str:
+  """12 hex digits of a sentencepiece model's content: its pieces, scores and settings.
+
+  The file's own hash will not do: sentencepiece records the temporary folder it was trained
+  in (trainer_spec.model_prefix), so the same vocabulary prepared twice differs in bytes.
+  """
+  model = sentencepiece_model_pb2.ModelProto()
+  with open(model_path, 'rb') as f:
+    model.ParseFromString(f.read())
+  model.trainer_spec.ClearField('model_prefix')
+  return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:12]
 
 
 def _train(sentences: Iterable[str], vocab_size: int, model_path: str) -> None:
