@@ -446,10 +446,13 @@ def beam_search(step_fn: StepFn,
         jnp.where(ends, -jnp.inf, candidate_log_probs), beam_size)  # [B, k]
     live_seqs = gather_beams(candidate_seqs, keep)
     live_parents = jnp.take_along_axis(parent_beams, keep, axis=1)  # [B, k]
+    # The flat rows of the parents: one index per row, each a contiguous slab to copy.
+    parent_rows = (jnp.arange(batch_size)[:, None] * beam_size + live_parents).reshape(-1)
     cache = jax.tree_util.tree_map(
-        lambda x: unflatten_beam_dim(x, beam_size), cache)
-    cache = gather_beams(cache, live_parents)
-    cache = jax.tree_util.tree_map(flatten_beam_dim, cache)
+        lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, parent_rows, axis=0,
+                                                       unique_indices=False,
+                                                       indices_are_sorted=False,
+                                                       mode='clip'), cache)
 
     return BeamState(
         step=step + 1,
