@@ -9,9 +9,9 @@ translations come back in input order. A batch holds a fixed number of sentences
 large batches and long ones in small.
 
 Several models over one vocabulary decode as an ensemble: at each step the search sees the
-mean of their log-probabilities (renormalized by the search: a product of experts, as
-Marian's and fairseq's ensembles of log-linear members), and teacher-forced scoring uses the
-same distribution, so `score_ids` gives what beam search scored.
+mean of their log-probabilities, renormalized (a product of experts, as Marian's ensembles;
+fairseq averages probabilities instead). Teacher-forced scoring uses the same distribution,
+so `score_ids` gives what beam search scored.
 """
 
 import dataclasses
@@ -358,10 +358,11 @@ def _decode_batch(variables, inputs, sentence_ids, *, models, search: SearchConf
       # Id 0 is padding (and the decoder's BOS), never an output: a 0 fed back mid-sentence
       # would be a token the model never saw in training, and is stripped from the text.
       outputs.append((logits.at[:, 0].set(-jnp.inf), models_lib.split_fixed_cache(cache)[1]))
-    if len(outputs) == 1:
-      return outputs[0][0], [outputs[0][1]]
-    log_probs = [jax.nn.log_softmax(logits) for logits, _ in outputs]
-    return sum(log_probs) / len(log_probs), [cache for _, cache in outputs]
+    # The renormalized mean of the members' log-probabilities is the softmax of their mean
+    # logits (each member's log-normalizer is a constant per row), and the searches are blind
+    # to a constant per row: so an ensemble costs no softmax per member.
+    return (sum(logits for logits, _ in outputs) / len(outputs),
+            [cache for _, cache in outputs])
 
   common = dict(batch_size=batch_size, max_decode_len=max_decode_len, max_lengths=max_lengths,
                 min_lengths=min_lengths, no_repeat_ngram_size=search.no_repeat_ngram_size)
