@@ -645,3 +645,27 @@ def test_ensemble_vocabularies_are_compared_by_content(workdir, tmp_path, monkey
   assert run.returncode == 1 and 'Traceback' not in run.stderr
   assert run.stderr.splitlines()[-1].startswith('decode.py: error: ')
   assert 'an ensemble needs one vocabulary' in run.stderr
+
+
+def test_decode_cli_takes_the_new_flags(workdir, tmp_path):
+  """decode.py end to end: an ensemble sampling cold equals greedy; --score writes JSON lines."""
+  import json  # pylint: disable=g-import-not-at-top
+  source = write(tmp_path / 'in.fr', [SHORT, MEDIUM])
+  greedy = inference.decode(workdir, input_path=source, beam_size=1, max_decode_len=6,
+                            output_path=os.fspath(tmp_path / 'greedy'))['hypotheses']
+  run = subprocess.run(
+      [sys.executable, 'decode.py', f'--workdir={workdir}', f'--ensemble={workdir}',
+       f'--input={source}', '--sampling=temperature:0.0001', '--seed=1', '--max_decode_len=6',
+       '--batch_tokens=64', '--no_repeat_ngram_size=0'],
+      capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines() == greedy
+  reference = write(tmp_path / 'ref.en', ['God said.', 'In the beginning.'])
+  scored = subprocess.run(
+      [sys.executable, 'decode.py', f'--workdir={workdir}', '--score', f'--input={source}',
+       f'--reference={reference}'], capture_output=True, text=True, cwd=ROOT)
+  assert scored.returncode == 0, scored.stderr
+  rows = [json.loads(line) for line in scored.stdout.splitlines()]
+  assert [row['reference'] for row in rows] == ['God said.', 'In the beginning.']
+  assert all(row['log_prob'] < 0 and row['tokens'][-1] == '</s>' for row in rows)
+  assert 'Scored 2 pairs' in scored.stderr
