@@ -3,7 +3,7 @@ r"""Where decoding's time goes: a jax.profiler trace of decode.py's search, ops 
   python -m benchmarks.decode_profile --workdir=DIR [--beam_size=4] [--num_sentences=160]
 
 Translates the first --num_sentences of the run's test split exactly as decode.py does
-(translator_lib.Translator: length buckets, KV cache, the run's search settings), once to compile
+(translator_lib.BatchTranslator: length buckets, KV cache, the run's search settings), once to compile
 and then once traced, and prints the op time summed over threads, grouped by kind: matrix
 multiplications, layout copies and transposes, gathers (beam search reorders the
 self-attention cache of every layer at every step), other fusions, and the rest (top-k,
@@ -35,7 +35,7 @@ def main(argv):
   profile_trace.enable_op_events()  # No JAX computation has run yet.
   config, tokenizer, model, variables, step = inference.load_trained(
       _WORKDIR.value, _CHECKPOINT.value)
-  translator = translator_lib.Translator(model, tokenizer,
+  translator = translator_lib.BatchTranslator(model, tokenizer,
                                     batch_size=_BATCH_SIZE.value or config.eval_batch_size)
   pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
   sources = translator.encode_sources([fr for fr, _ in pairs])

@@ -112,7 +112,7 @@ def main(argv):
   del argv
   config, tokenizer, model, variables, description = load_model(_WORKDIR.value)
   pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
-  translator = translator_lib.Translator(model, tokenizer, batch_size=len(pairs))
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(pairs))
   sources = translator.encode_sources([fr for fr, _ in pairs])
   source_len = translator_lib.bucket_length(max(map(len, sources)), model.config.max_len)
   inputs = np.zeros((len(sources), source_len), np.int32)

@@ -10,7 +10,7 @@ in bfloat16 (the study's 'auto' dtype on a GPU):
   * the training step of the baseline and of R-Drop (two forward passes): median step time,
     target tokens/s, model FLOP/s, MFU against both peaks, peak device memory;
   * what that implies: one IWSLT2017 epoch, a 50-epoch run, all ten variants;
-  * beam-4 decoding of 1,000 sentences through decode.py's Translator (untrained weights run
+  * beam-4 decoding of 1,000 sentences through decode.py's BatchTranslator (untrained weights run
     every hypothesis to its length limit, so this is an upper bound on a trained model's time).
 Writes a table to stdout and the figures as JSON (--output, default
 benchmarks/results/gpu_check_<device>.json).
@@ -108,7 +108,7 @@ def time_training(config, rows: int, num_steps: int) -> dict:
 
 
 def time_decoding(config, num_sentences: int, batch_size: int) -> dict:
-  """Beam-4 decoding of random sentences through the Translator decode.py uses."""
+  """Beam-4 decoding of random sentences through the BatchTranslator decode.py uses."""
   model = models.make_model(config)
   variables = steps.model_variables(steps.compile_steps(config, sharding.make_mesh()).init())
   rng = np.random.default_rng(0)
@@ -116,7 +116,7 @@ def time_decoding(config, num_sentences: int, batch_size: int) -> dict:
   sources = [list(rng.integers(3, config.vocab_size, rng.integers(low, high))) + [1]
              for _ in range(num_sentences)]
   # The search needs only the eos id of a tokenizer; no vocabulary is loaded.
-  translator = translator_lib.Translator(model, types.SimpleNamespace(eos_id=1),
+  translator = translator_lib.BatchTranslator(model, types.SimpleNamespace(eos_id=1),
                                          batch_size=batch_size)
   search = translator_lib.SearchConfig.from_config(config, beam_size=4)
   start = time.perf_counter()

@@ -143,7 +143,7 @@ def main(argv):
       _WORKDIR.value, _CHECKPOINT.value)
   variables = jax.device_get(variables)
   pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
-  translator = translator_lib.Translator(model, tokenizer, batch_size=_BATCH_SIZE.value)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=_BATCH_SIZE.value)
   sources = translator.encode_sources([fr for fr, _ in pairs])
   peer_batches = batches(sources, translator.batch_size, model.config.max_len)
   sentences_per_batch = [int(np.sum(np.any(b > 0, axis=1))) for b in peer_batches]
@@ -172,7 +172,7 @@ def main(argv):
 
     rows = []
     for size in sorted({1, _ENSEMBLE.value}):
-      ensemble = translator_lib.Translator([model] * size, tokenizer,
+      ensemble = translator_lib.BatchTranslator([model] * size, tokenizer,
                                            batch_size=_BATCH_SIZE.value)
       members = [variables] * size
       ensemble.translate_ids(members, sources, search)  # Compiles every bucket.

@@ -58,7 +58,7 @@ def test_input_order_kept_across_buckets(trained):
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
   sentences = [LONG, SHORT, MIDDLE, MEDIUM, 'Et cela fut ainsi.', LONG + ' Dieu vit.']
-  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=2)
   sources = translator.encode_sources(sentences)
   buckets = {translator_lib.bucket_length(len(s), MAX_LEN) for s in sources}
   assert buckets == {16, 32, 48}  # The list really spans every bucket, out of order.
@@ -149,7 +149,7 @@ def test_cached_translator_equals_full_forward_greedy(trained, noise, cap):
   _, tokenizer, model, variables, _ = trained
   if noise:
     variables = perturbed(variables)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, 'Et le soir vint.'])
   search = translator_lib.SearchConfig(beam_size=1, length_ratio=0.5, length_offset=3,
                                   max_decode_len=cap)
@@ -168,7 +168,7 @@ def test_beam_search_keeping_the_cross_cache_fixed_equals_reordering_all_of_it(t
   """
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources([MEDIUM, SHORT, MIDDLE, 'Et le soir vint.'])
   search = translator_lib.SearchConfig(beam_size=4, max_decode_len=8)
   got = translator.translate_ids(variables, sources, search)
@@ -348,7 +348,7 @@ def test_nbest_writes_scored_hypotheses_best_first(trained, workdir, tmp_path):
     scores = [h['score'] for h in row['hypotheses']]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
 
-  translator = translator_lib.Translator(model, tokenizer, batch_size=2)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=2)
   search = translator_lib.SearchConfig(beam_size=4, length_penalty=config.length_penalty,
                                        nbest=3)
   ids, score = translator.search_ids(variables, translator.encode_sources([MEDIUM]), search)[0][0]
@@ -395,11 +395,11 @@ def test_ensemble_of_one_or_of_copies_equals_the_model(trained):
   variables = perturbed(variables)
   search = translator_lib.SearchConfig(beam_size=4, nbest=3,
                                        length_penalty=config.length_penalty, max_decode_len=9)
-  single = translator_lib.Translator(model, tokenizer, batch_size=4)
+  single = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = single.encode_sources(SENTENCES)
   alone = single.search_ids(variables, sources, search)
   for size in (1, 3):
-    ensemble = translator_lib.Translator([model] * size, tokenizer, batch_size=4)
+    ensemble = translator_lib.BatchTranslator([model] * size, tokenizer, batch_size=4)
     together = ensemble.search_ids([variables] * size, sources, search)
     for got, expected in zip(together, alone):
       assert [ids for ids, _ in got] == [ids for ids, _ in expected]
@@ -411,13 +411,13 @@ def test_ensemble_averages_the_members_log_probabilities(trained):
   """Greedy decoding of two different models equals an argmax of their mean log-probs."""
   _, tokenizer, model, variables, _ = trained
   members = [perturbed(variables, seed=1), perturbed(variables, seed=2)]
-  translator = translator_lib.Translator([model, model], tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator([model, model], tokenizer, batch_size=4)
   sources = translator.encode_sources(SENTENCES[:3])
   search = translator_lib.SearchConfig(beam_size=1, max_decode_len=7)
   got = translator.translate_ids(members, sources, search)
   for ids, source in zip(got, sources):
     assert ids == ensemble_forward_greedy(model, members, source, 7, tokenizer.eos_id)
-  alone = [translator_lib.Translator(model, tokenizer, batch_size=4).translate_ids(
+  alone = [translator_lib.BatchTranslator(model, tokenizer, batch_size=4).translate_ids(
       m, sources, search) for m in members]
   assert got != alone[0] or got != alone[1]  # The ensemble is not just one member.
 
@@ -428,7 +428,7 @@ def test_score_equals_the_nbest_scores_of_the_same_hypotheses(trained):
   alpha = config.length_penalty
   for members in ([perturbed(variables)], [perturbed(variables, seed=1),
                                            perturbed(variables, seed=2)]):
-    translator = translator_lib.Translator([model] * len(members), tokenizer, batch_size=4)
+    translator = translator_lib.BatchTranslator([model] * len(members), tokenizer, batch_size=4)
     sources = translator.encode_sources(SENTENCES)
     search = translator_lib.SearchConfig(beam_size=4, nbest=4, length_penalty=alpha,
                                          max_decode_len=8)
@@ -481,11 +481,11 @@ def test_score_cli_writes_each_pairs_log_probabilities(trained, workdir, tmp_pat
 def test_sampling_cold_is_greedy_and_a_seed_repeats_whatever_the_batch(trained):
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
-  sources = translator_lib.Translator(model, tokenizer, batch_size=4).encode_sources(SENTENCES)
+  sources = translator_lib.BatchTranslator(model, tokenizer, batch_size=4).encode_sources(SENTENCES)
   greedy = translator_lib.SearchConfig(beam_size=1, max_decode_len=9)
 
   def run(search, batch_size=4, batch_tokens=None):
-    return translator_lib.Translator(model, tokenizer, batch_size=batch_size,
+    return translator_lib.BatchTranslator(model, tokenizer, batch_size=batch_size,
                                      batch_tokens=batch_tokens).translate_ids(
                                          variables, sources, search)
 
@@ -517,7 +517,7 @@ def repeated(ids, n):
 def test_no_repeat_ngram_size_leaves_no_repeated_ngram(trained, beam_size):
   """The 2-step model repeats one token; with the rule no n-gram comes twice."""
   _, tokenizer, model, variables, _ = trained
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources(SENTENCES)
   search = translator_lib.SearchConfig(beam_size=beam_size, max_decode_len=12,
                                        length_penalty=0.0)
@@ -541,7 +541,7 @@ def with_eager_eos(variables, token):
 def test_length_ratios_bound_the_output_by_the_source(trained):
   """Output tokens (eos included) against ceil(ratio * source tokens), eos included."""
   config, tokenizer, model, variables, _ = trained
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
   sources = translator.encode_sources(SENTENCES)
   lengths = np.array([len(s) for s in sources])
 
@@ -571,13 +571,13 @@ def test_length_ratios_bound_the_output_by_the_source(trained):
 def test_batch_tokens_keeps_input_order_and_outputs(trained, workdir, tmp_path):
   _, tokenizer, model, variables, _ = trained
   variables = perturbed(variables)
-  translator = translator_lib.Translator(model, tokenizer, batch_size=4, batch_tokens=64)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4, batch_tokens=64)
   assert [translator.batch_rows(n) for n in (16, 32, 48)] == [4, 2, 2]  # Two devices.
   sentences = SENTENCES + [SHORT + ' ' + SHORT, 'Dieu.']
   sources = translator.encode_sources(sentences)
   search = translator_lib.SearchConfig(beam_size=2, max_decode_len=6)
   by_tokens = translator.translate_ids(variables, sources, search)
-  by_sentences = translator_lib.Translator(model, tokenizer, batch_size=2).translate_ids(
+  by_sentences = translator_lib.BatchTranslator(model, tokenizer, batch_size=2).translate_ids(
       variables, sources, search)
   assert by_tokens == by_sentences
   assert len({tuple(t) for t in by_tokens}) >= 4

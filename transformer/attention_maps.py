@@ -43,7 +43,7 @@ def attention_weights(model, variables, source_ids: Sequence[int],
   return out
 
 
-def translate_one(translator: translator_lib.Translator, variables, tokenizer, sentence: str,
+def translate_one(translator: translator_lib.BatchTranslator, variables, tokenizer, sentence: str,
                   search: translator_lib.SearchConfig) -> tuple[list[int], list[int]]:
   """(source ids, greedy output ids), each ending with eos, as decode.py would make them."""
   if not sentence.strip():
@@ -58,7 +58,7 @@ def read_sentence(model, variables, tokenizer, sentence: str,
                   search: translator_lib.SearchConfig = translator_lib.SearchConfig(),
                   ) -> tuple[list[int], list[int], dict[str, np.ndarray]]:
   """(source ids, greedy output ids, attention_weights) of one sentence."""
-  translator = translator_lib.Translator(model, tokenizer, batch_size=1)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=1)
   source, target = translate_one(translator, variables, tokenizer, sentence, search)
   return source, target, attention_weights(model, variables, source, target)
 

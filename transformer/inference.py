@@ -205,7 +205,7 @@ def cache_table(workdir: str, *, beam_size: Optional[int] = None,
   model = models.make_model(config)
   _check_max_decode_len(model, max_decode_len)
   search = search_config(config, beam_size=beam_size, max_decode_len=max_decode_len)
-  translator = translator_lib.Translator(model, None, batch_size=config.eval_batch_size)
+  translator = translator_lib.BatchTranslator(model, None, batch_size=config.eval_batch_size)
   buckets = sorted({translator_lib.bucket_length(n, model.config.max_len)
                     for n in translator_lib.BUCKET_LENGTHS})
   return cache_sizes(model.config, translator.batch_size,
@@ -331,7 +331,7 @@ def decode(workdir, *, checkpoint: str = 'best', split: Optional[str] = None,
                       max_decode_len=max_decode_len, nbest=nbest), **overrides)
   except ValueError as e:
     raise InputError(str(e)) from None
-  translator = translator_lib.Translator(
+  translator = translator_lib.BatchTranslator(
       model, tokenizer, batch_size=1 if streaming else batch_size or config.eval_batch_size,
       batch_tokens=batch_tokens)
   out = open(output_path, 'w', encoding='utf-8') if output_path else sys.stdout
@@ -396,7 +396,7 @@ def score(workdir, *, input_path: str, reference_path: str, checkpoint: str = 'b
   _check_reference_lengths([reference_path], [references], len(sources))
   config, tokenizer, model, variables, step = load_ensemble(workdirs, checkpoint)
   alpha = config.length_penalty if length_penalty is None else length_penalty
-  translator = translator_lib.Translator(model, tokenizer,
+  translator = translator_lib.BatchTranslator(model, tokenizer,
                                          batch_size=batch_size or config.eval_batch_size,
                                          batch_tokens=batch_tokens)
   kept = [i for i, line in enumerate(sources) if line.strip()]

@@ -188,7 +188,7 @@ def word_order(workdirs: dict[str, str]) -> dict:
   out = {}
   for name, workdir in workdirs.items():
     config, tokenizer, model, variables, step = inference.load_trained(workdir, 'best')
-    translator = translator_lib.Translator(model, tokenizer, batch_size=len(ORDER_SENTENCES))
+    translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(ORDER_SENTENCES))
     translations = translator.translate(variables, list(ORDER_SENTENCES),
                                         inference.search_config(config, beam_size=1))
     out[name] = {'workdir': workdir, 'step': step, 'positions': config.model.positions,

@@ -43,7 +43,7 @@ class Validation:
       pairs = pairs[:config.num_eval_bleu_sentences]
     self._sources = [fr for fr, _ in pairs]
     self._references = [en for _, en in pairs]
-    self._translator = translator_lib.Translator(
+    self._translator = translator_lib.BatchTranslator(
         models.make_model(config), tokenizer, batch_size=config.eval_batch_size, mesh=mesh)
     self._search = translator_lib.SearchConfig.from_config(config, beam_size=1)
 

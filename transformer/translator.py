@@ -108,7 +108,7 @@ def members(variables) -> tuple:
   return tuple(variables) if isinstance(variables, (list, tuple)) else (variables,)
 
 
-class Translator:
+class BatchTranslator:
   """Translates lists of sentences with a model's (or an ensemble's) KV-cached decoder.
 
   `model` is one model or a sequence of models over one vocabulary; the `variables` given to
