@@ -3,6 +3,8 @@
 Or `--input=FILE` with optional `--reference=FILE` (repeatable) to score; `--input=-`
 translates stdin line by line as it arrives. `--nbest=N` writes JSON lines of the N best.
 BLEU and chrF are sacreBLEU's, printed to stderr as `sacrebleu -f text` prints them.
+`--workdir` repeated (or `--ensemble=A,B`) decodes with an ensemble; `--score --input=F
+--reference=R` writes each pair's teacher-forced log-probabilities as JSON lines.
 `--attention_dir=DIR --attention_sentence=TEXT` draws that sentence's attention maps;
 `--cache_report` prints the KV-cache bytes of each decoded batch shape (of every bucket
 when nothing is decoded).
@@ -15,7 +17,8 @@ from absl import flags
 from transformer import inference
 from transformer import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training workdir.')
+_WORKDIR = flags.DEFINE_multi_string('workdir', [], 'A training workdir; repeat for an ensemble.')
+_ENSEMBLE = flags.DEFINE_list('ensemble', [], 'Workdirs decoded as one ensemble: DIR,DIR,...')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'best', "'best', 'latest', a step number, or 'average:K' (the mean of the last "
     'K saved checkpoints).')
@@ -34,40 +37,67 @@ _ATTENTION_SENTENCE = flags.DEFINE_string(
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, "Sentences per decoding batch (all devices); default: the config's "
     'eval_batch_size.')
+_BATCH_TOKENS = flags.DEFINE_integer('batch_tokens', None, 'Batch by padded source tokens.')
 _CACHE_REPORT = flags.DEFINE_bool('cache_report', False, 'Print the KV-cache bytes.')
 _NBEST = flags.DEFINE_integer(
     'nbest', 0, 'Write JSON lines with the N best hypotheses and scores (N <= beam size).',
     lower_bound=0)
-flags.mark_flag_as_required('workdir')
+_SAMPLING = flags.DEFINE_string('sampling', None, 'temperature:T, top_k:K or top_p:P (or a,b).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed of --sampling.')
+_NO_REPEAT = flags.DEFINE_integer('no_repeat_ngram_size', 0, 'No n-gram output twice (0 = off).')
+_MIN_RATIO = flags.DEFINE_float('min_length_ratio', None, 'Min output tokens / source tokens.')
+_MAX_RATIO = flags.DEFINE_float('max_length_ratio', None, 'Max output tokens / source tokens.')
+_SCORE = flags.DEFINE_bool('score', False, 'Score --input against one --reference instead.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'Unexpected arguments: {argv[1:]}')
+  workdirs = _WORKDIR.value + _ENSEMBLE.value
   if (_ATTENTION_DIR.value is None) != (_ATTENTION_SENTENCE.value is None):
     raise cli.UserError('--attention_dir and --attention_sentence go together.')
   translating = _SPLIT.value is not None or _INPUT.value is not None
   if not (translating or _ATTENTION_DIR.value or _CACHE_REPORT.value):
     raise cli.UserError('Give --split or --input (or --attention_dir, --cache_report).')
+  if len(workdirs) > 1 and (_ATTENTION_DIR.value or _CACHE_REPORT.value and not translating):
+    raise cli.UserError('--attention_dir and --cache_report alone read one --workdir.')
+  if _SCORE.value:
+    if len(_REFERENCE.value) != 1 or _SPLIT.value or _NBEST.value or _SAMPLING.value:
+      raise cli.UserError('--score takes --input=F and one --reference=R (no --split, --nbest, '
+                          '--sampling).')
+    result = inference.score(
+        workdirs, input_path=_INPUT.value, reference_path=_REFERENCE.value[0],
+        checkpoint=_CHECKPOINT.value, output_path=_OUTPUT.value,
+        length_penalty=_LENGTH_PENALTY.value, batch_size=_BATCH_SIZE.value,
+        batch_tokens=_BATCH_TOKENS.value)
+    print(f"Scored {result['pairs']:,} pairs: {result['log_prob'] / result['tokens']:.4f} "
+          'log-probability a token.', file=sys.stderr)
+    return
+  search_flags = dict(sampling=_SAMPLING.value, seed=_SEED.value,
+                      no_repeat_ngram_size=_NO_REPEAT.value, min_length_ratio=_MIN_RATIO.value,
+                      max_length_ratio=_MAX_RATIO.value)
+  inference.search_overrides(beam_size=_BEAM_SIZE.value, nbest=_NBEST.value,
+                             max_decode_len=_MAX_DECODE_LEN.value, **search_flags)
+  inference.check_ensemble(workdirs)  # Both before any checkpoint loads.
   if _ATTENTION_DIR.value:
     inference.write_attention_maps(
-        _WORKDIR.value, _ATTENTION_SENTENCE.value, _ATTENTION_DIR.value,
+        workdirs[0], _ATTENTION_SENTENCE.value, _ATTENTION_DIR.value,
         checkpoint=_CHECKPOINT.value, max_decode_len=_MAX_DECODE_LEN.value)
   if translating:
     result = inference.decode(
-        _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
+        workdirs, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
         input_path=_INPUT.value, output_path=_OUTPUT.value, reference_paths=_REFERENCE.value,
         beam_size=_BEAM_SIZE.value, length_penalty=_LENGTH_PENALTY.value,
         max_decode_len=_MAX_DECODE_LEN.value, batch_size=_BATCH_SIZE.value,
-        nbest=_NBEST.value)
+        nbest=_NBEST.value, batch_tokens=_BATCH_TOKENS.value, **search_flags)
     print(f"Translated {result['sentences']:,} sentences with {result['checkpoint']} in "
           f"{result['seconds']:.1f} s (compilation included).", file=sys.stderr)
     if 'bleu' in result:  # Scores go to stderr: stdout may be carrying the translations.
       print(*inference.score_lines(result), sep='\n', file=sys.stderr)
     cache = result['cache']
   elif _CACHE_REPORT.value:
-    cache = inference.cache_table(_WORKDIR.value, beam_size=_BEAM_SIZE.value,
-                                   max_decode_len=_MAX_DECODE_LEN.value)
+    cache = inference.cache_table(workdirs[0], beam_size=_BEAM_SIZE.value,
+                                  max_decode_len=_MAX_DECODE_LEN.value)
   if _CACHE_REPORT.value:
     for row in cache:
       print('KV cache: batch {batch} x beam {beam}, source {source_len}, decoded '

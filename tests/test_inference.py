@@ -386,3 +386,309 @@ def test_python_translator_is_decode_py_in_a_few_lines(workdir, tmp_path):
   plain = inference.decode(workdir, input_path=source, output_path=os.fspath(tmp_path / 'out'))
   assert translator.translate(lines) == plain['hypotheses']
   assert translator.translate(lines)[2] == ''  # An empty line gives an empty translation.
+
+
+# Ensembles, sampling, repetition and length controls, scoring, batches by tokens.
+
+SENTENCES = [MEDIUM, SHORT, MIDDLE, 'Et le soir vint.', LONG]
+
+
+def ensemble_forward_greedy(model, members, source, limit, eos_id):
+  """full_forward_greedy for an ensemble: argmax of the mean of the members' log-probs."""
+  members = [jax.tree.map(np.asarray, v) for v in members]
+  prefix = []
+  while True:
+    targets = np.zeros((1, MAX_LEN), np.int32)
+    targets[0, :len(prefix)] = prefix
+    targets[0, len(prefix)] = eos_id
+    mean = 0.0
+    for variables in members:
+      logits = np.asarray(model.apply(variables, np.asarray([source]), targets, train=False),
+                          np.float64)[0, len(prefix)]
+      logits[0] = -np.inf
+      mean = mean + (logits - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+    token = eos_id if len(prefix) == limit - 1 else int(np.argmax(mean / len(members)))
+    if token == eos_id:
+      return prefix
+    prefix.append(token)
+
+
+def test_ensemble_of_one_or_of_copies_equals_the_model(trained):
+  config, tokenizer, model, variables, _, _ = trained
+  variables = perturbed(variables)
+  search = translator_lib.SearchConfig(beam_size=4, nbest=3,
+                                       length_penalty=config.length_penalty, max_decode_len=9)
+  single = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
+  sources = single.encode_sources(SENTENCES)
+  alone = single.search_ids(variables, sources, search)
+  for size in (1, 3):
+    ensemble = translator_lib.BatchTranslator([model] * size, tokenizer, batch_size=4)
+    together = ensemble.search_ids([variables] * size, sources, search)
+    for got, expected in zip(together, alone):
+      assert [ids for ids, _ in got] == [ids for ids, _ in expected]
+      np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-5)
+  assert len({tuple(h[0][0]) for h in alone}) >= 3
+
+
+def test_ensemble_averages_the_members_log_probabilities(trained):
+  """Greedy decoding of two different models equals an argmax of their mean log-probs."""
+  _, tokenizer, model, variables, _, _ = trained
+  members = [perturbed(variables, seed=1), perturbed(variables, seed=2)]
+  translator = translator_lib.BatchTranslator([model, model], tokenizer, batch_size=4)
+  sources = translator.encode_sources(SENTENCES[:3])
+  search = translator_lib.SearchConfig(beam_size=1, max_decode_len=7)
+  got = translator.translate_ids(members, sources, search)
+  for ids, source in zip(got, sources):
+    assert ids == ensemble_forward_greedy(model, members, source, 7, tokenizer.eos_id)
+  alone = [translator_lib.BatchTranslator(model, tokenizer, batch_size=4).translate_ids(
+      m, sources, search) for m in members]
+  assert got != alone[0] or got != alone[1]  # The ensemble is not just one member.
+
+
+def test_score_equals_the_nbest_scores_of_the_same_hypotheses(trained):
+  """Teacher-forced scores of beam search's n best (one model and an ensemble of two)."""
+  config, tokenizer, model, variables, _, _ = trained
+  alpha = config.length_penalty
+  for members in ([perturbed(variables)], [perturbed(variables, seed=1),
+                                           perturbed(variables, seed=2)]):
+    translator = translator_lib.BatchTranslator([model] * len(members), tokenizer, batch_size=4)
+    sources = translator.encode_sources(SENTENCES)
+    search = translator_lib.SearchConfig(beam_size=4, nbest=4, length_penalty=alpha,
+                                         max_decode_len=8)
+    found = translator.search_ids(members, sources, search)
+    pairs = [(source, ids + [tokenizer.eos_id], score)
+             for source, hypotheses in zip(sources, found) for ids, score in hypotheses]
+    token_scores = translator.score_ids(members, [p[0] for p in pairs], [p[1] for p in pairs])
+    for (_, target, score), scores in zip(pairs, token_scores):
+      assert len(scores) == len(target)
+      penalty = ((5 + len(target)) / 6) ** alpha
+      np.testing.assert_allclose(sum(scores) / penalty, score, rtol=1e-4, atol=1e-5)
+    assert len(pairs) >= 4 * len(SENTENCES) - 2
+
+
+def test_score_cli_writes_each_pairs_log_probabilities(trained, workdir, tmp_path):
+  """inference.score on text files against a teacher-forced NumPy log-softmax.
+
+  An ensemble of the workdir with itself scores as the model alone; an empty source line
+  scores nothing.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  config, tokenizer, model, variables, _, _ = trained
+  sources = [SHORT, '', MEDIUM]
+  references = ['God said.', 'Nothing.', 'In the beginning, God created the heavens.']
+  result = inference.score([workdir, workdir], input_path=write(tmp_path / 'in.fr', sources),
+                           reference_path=write(tmp_path / 'ref.en', references),
+                           output_path=os.fspath(tmp_path / 'scores'))
+  rows = [json.loads(line) for line in (tmp_path / 'scores').read_text().splitlines()]
+  assert rows == result['rows'] and len(rows) == 3 and result['pairs'] == 2
+  assert rows[1]['log_prob'] is None and rows[1]['tokens'] == []
+  host = jax.device_get(variables)
+  for row, source, reference in zip(rows, sources, references):
+    if not source:
+      continue
+    target = tokenizer.encode(reference) + [tokenizer.eos_id]
+    logits = np.array(model.apply(host, jnp.asarray([tokenizer.encode(source) + [1]]),
+                                  jnp.asarray([target]), train=False)[0], np.float64)
+    logits[:, 0] = -np.inf
+    top = logits.max(-1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    expected = log_probs[np.arange(len(target)), target]
+    assert row['tokens'] == [tokenizer.processor.id_to_piece(i) for i in target]
+    assert row['tokens'][-1] == '</s>'
+    np.testing.assert_allclose(row['token_log_probs'], expected, rtol=1e-4, atol=1e-5)
+    assert row['log_prob'] == pytest.approx(expected.sum(), rel=1e-4)
+    assert row['score'] == pytest.approx(
+        row['log_prob'] / ((5 + len(target)) / 6) ** config.length_penalty, rel=1e-6)
+
+
+def test_sampling_cold_is_greedy_and_a_seed_repeats_whatever_the_batch(trained):
+  _, tokenizer, model, variables, _, _ = trained
+  variables = perturbed(variables)
+  sources = translator_lib.BatchTranslator(model, tokenizer, batch_size=4).encode_sources(SENTENCES)
+  greedy = translator_lib.SearchConfig(beam_size=1, max_decode_len=9)
+
+  def run(search, batch_size=4, batch_tokens=None):
+    return translator_lib.BatchTranslator(model, tokenizer, batch_size=batch_size,
+                                     batch_tokens=batch_tokens).translate_ids(
+                                         variables, sources, search)
+
+  expected = run(greedy)
+  cold = translator_lib.SearchConfig(beam_size=1, max_decode_len=9,
+                                     sampling=search_lib.Sampling(temperature=1e-4, seed=5))
+  assert run(cold) == expected
+  hot = translator_lib.SearchConfig(beam_size=1, max_decode_len=9,
+                                    sampling=search_lib.Sampling.parse('top_p:0.9', seed=5))
+  sampled = run(hot)
+  assert sampled != expected
+  assert run(hot, batch_size=2) == sampled  # Other batches, same samples.
+  assert run(hot, batch_tokens=40) == sampled
+  other_seed = dataclasses_replace(hot, sampling=search_lib.Sampling.parse('top_p:0.9', seed=6))
+  assert run(other_seed) != sampled
+
+
+def dataclasses_replace(obj, **changes):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.replace(obj, **changes)
+
+
+def repeated(ids, n):
+  grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+  return len(grams) - len(set(grams))
+
+
+@pytest.mark.parametrize('beam_size', [1, 4])
+def test_no_repeat_ngram_size_leaves_no_repeated_ngram(trained, beam_size):
+  """The 2-step model repeats one token; with the rule no n-gram comes twice."""
+  _, tokenizer, model, variables, _, _ = trained
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
+  sources = translator.encode_sources(SENTENCES)
+  search = translator_lib.SearchConfig(beam_size=beam_size, max_decode_len=12,
+                                       length_penalty=0.0)
+  assert sum(repeated(ids, 2) for ids in translator.translate_ids(variables, sources, search))
+  for n in (1, 2, 3):
+    outputs = translator.translate_ids(
+        variables, sources, dataclasses_replace(search, no_repeat_ngram_size=n))
+    assert all(repeated(ids, n) == 0 for ids in outputs), outputs
+    assert max(map(len, outputs)) >= n + 1  # Long enough to have repeated.
+
+
+def with_eager_eos(variables, token):
+  """The variables with eos's embedding row set to `token`'s: where `token` is the argmax,
+  eos ties with it and wins (the lower id), so the model stops as early as it can."""
+  embedding = variables['params']['shared_embedding']['embedding']
+  params = {**variables['params'], 'shared_embedding': {
+      'embedding': embedding.at[1].set(embedding[token])}}
+  return {**variables, 'params': params}
+
+
+def test_length_ratios_bound_the_output_by_the_source(trained):
+  """Output tokens (eos included) against ceil(ratio * source tokens), eos included."""
+  config, tokenizer, model, variables, _, _ = trained
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4)
+  sources = translator.encode_sources(SENTENCES)
+  lengths = np.array([len(s) for s in sources])
+
+  def output_lengths(variables, beam_size=1, **flags):
+    search = dataclasses_replace(inference.search_config(config, beam_size=beam_size),
+                                 **inference.search_overrides(**flags))
+    return np.array([len(ids) + 1 for ids in translator.translate_ids(variables, sources,
+                                                                      search)])
+
+  talkative = variables  # Never says eos: every output runs to the length limit.
+  outputs = translator.translate_ids(talkative, sources, inference.search_config(config))
+  favourite = np.bincount([t for ids in outputs for t in ids]).argmax()
+  terse = with_eager_eos(variables, favourite)
+  assert np.all(output_lengths(talkative) > np.ceil(0.3 * lengths))
+  assert np.sum(output_lengths(terse) < np.ceil(0.8 * lengths)) >= 2
+  for beam_size in (1, 3):
+    np.testing.assert_array_less(np.ceil(0.8 * lengths) - 1, output_lengths(
+        terse, beam_size, min_length_ratio=0.8))
+    np.testing.assert_array_less(output_lengths(talkative, beam_size, max_length_ratio=0.3),
+                                 np.ceil(0.3 * lengths) + 1)
+    for model_variables in (terse, talkative):
+      np.testing.assert_array_equal(output_lengths(
+          model_variables, beam_size, min_length_ratio=0.5, max_length_ratio=0.5),
+                                    np.ceil(0.5 * lengths))
+
+
+def test_batch_tokens_keeps_input_order_and_outputs(trained, workdir, tmp_path):
+  _, tokenizer, model, variables, _, _ = trained
+  variables = perturbed(variables)
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=4, batch_tokens=64)
+  assert [translator.batch_rows(n) for n in (16, 32, 48)] == [4, 2, 2]  # Two devices.
+  sentences = SENTENCES + [SHORT + ' ' + SHORT, 'Dieu.']
+  sources = translator.encode_sources(sentences)
+  search = translator_lib.SearchConfig(beam_size=2, max_decode_len=6)
+  by_tokens = translator.translate_ids(variables, sources, search)
+  by_sentences = translator_lib.BatchTranslator(model, tokenizer, batch_size=2).translate_ids(
+      variables, sources, search)
+  assert by_tokens == by_sentences
+  assert len({tuple(t) for t in by_tokens}) >= 4
+  result = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', sentences),
+                            output_path=os.fspath(tmp_path / 'out'), beam_size=2,
+                            batch_tokens=64)
+  assert {(row['source_len'], row['batch']) for row in result['cache']} <= {
+      (16, 4), (32, 2), (48, 2)}
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(sampling='top_k:0'), r'--sampling=top_k:0: top_k:0 must be >= 1'),
+    (dict(sampling='temperature:-1'), r'must be > 0'),
+    (dict(sampling='top_p:2'), r'must be in \(0, 1\]'),
+    (dict(sampling='nucleus:0.9'), r'give temperature:T'),
+    (dict(sampling='top_k:5', beam_size=4), r'--sampling draws one output'),
+    (dict(sampling='top_k:5', seed=-1), r'--seed=-1 must be >= 0'),
+    (dict(no_repeat_ngram_size=-2), r'--no_repeat_ngram_size=-2 must be >= 0'),
+    (dict(min_length_ratio=-0.5), r'--min_length_ratio=-0.5 must be >= 0'),
+    (dict(max_length_ratio=0.0), r'--max_length_ratio=0.0 must be > 0'),
+    (dict(min_length_ratio=2.0, max_length_ratio=1.0), r'is above --max_length_ratio'),
+    (dict(max_length_ratio=1.0, max_decode_len=5), r'give one'),
+    (dict(batch_tokens=0), r'--batch_tokens=0 must be >= 1'),
+    (dict(batch_tokens=100, batch_size=4), r'give one'),
+])
+def test_bad_new_flags_are_refused_before_any_checkpoint_loads(workdir, tmp_path, monkeypatch,
+                                                               kwargs, message):
+  monkeypatch.setattr(inference, 'load_trained', lambda *a, **k: pytest.fail('loaded'))
+  with pytest.raises(inference.InputError, match=message) as error:
+    inference.decode(workdir, input_path=write(tmp_path / 'in.fr', [SHORT]), **kwargs)
+  assert '\n' not in str(error.value)
+
+
+def copy_with_vocabulary(workdir, folder, model_proto):
+  """A copy of `workdir` whose vocabulary.model is `model_proto`, config.json's record updated
+  (as if that run had been trained with it)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from transformer import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  shutil.copytree(workdir, folder)
+  (folder / 'vocabulary.model').write_bytes(model_proto.SerializeToString())
+  recorded = json.loads((folder / 'config.json').read_text())
+  recorded['vocabulary']['fingerprint'] = tokenizer_lib.fingerprint(folder / 'vocabulary.model')
+  (folder / 'config.json').write_text(json.dumps(recorded))
+  return os.fspath(folder)
+
+
+def test_ensemble_vocabularies_are_compared_by_content(workdir, tmp_path, monkeypatch):
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(open(os.path.join(workdir, 'vocabulary.model'), 'rb').read())
+  proto.trainer_spec.model_prefix = '/elsewhere/spm'  # Other bytes, same vocabulary.
+  same = copy_with_vocabulary(workdir, tmp_path / 'same', proto)
+  assert open(os.path.join(same, 'vocabulary.model'), 'rb').read() != open(
+      os.path.join(workdir, 'vocabulary.model'), 'rb').read()
+  inference.check_ensemble([workdir, same])
+  proto.pieces[5].piece = proto.pieces[5].piece + 'x'  # One piece differs.
+  other = copy_with_vocabulary(workdir, tmp_path / 'other', proto)
+  monkeypatch.setattr(inference, 'load_trained', lambda *a, **k: pytest.fail('loaded'))
+  with pytest.raises(inference.InputError, match='another vocabulary than'):
+    inference.decode([workdir, other], input_path=write(tmp_path / 'in.fr', [SHORT]))
+  run = subprocess.run([sys.executable, 'decode.py', f'--workdir={workdir}',
+                        f'--ensemble={other}', '--input=-'], input='Dieu dit.\n',
+                       capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 1 and 'Traceback' not in run.stderr
+  assert run.stderr.splitlines()[-1].startswith('decode.py: error: ')
+  assert 'an ensemble needs one vocabulary' in run.stderr
+
+
+def test_decode_cli_takes_the_new_flags(workdir, tmp_path):
+  """decode.py end to end: an ensemble sampling cold equals greedy; --score writes JSON lines."""
+  import json  # pylint: disable=g-import-not-at-top
+  source = write(tmp_path / 'in.fr', [SHORT, MEDIUM])
+  greedy = inference.decode(workdir, input_path=source, beam_size=1, max_decode_len=6,
+                            output_path=os.fspath(tmp_path / 'greedy'))['hypotheses']
+  run = subprocess.run(
+      [sys.executable, 'decode.py', f'--workdir={workdir}', f'--ensemble={workdir}',
+       f'--input={source}', '--sampling=temperature:0.0001', '--seed=1', '--max_decode_len=6',
+       '--batch_tokens=64', '--no_repeat_ngram_size=0'],
+      capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.splitlines() == greedy
+  reference = write(tmp_path / 'ref.en', ['God said.', 'In the beginning.'])
+  scored = subprocess.run(
+      [sys.executable, 'decode.py', f'--workdir={workdir}', '--score', f'--input={source}',
+       f'--reference={reference}'], capture_output=True, text=True, cwd=ROOT)
+  assert scored.returncode == 0, scored.stderr
+  rows = [json.loads(line) for line in scored.stdout.splitlines()]
+  assert [row['reference'] for row in rows] == ['God said.', 'In the beginning.']
+  assert all(row['log_prob'] < 0 and row['tokens'][-1] == '</s>' for row in rows)
+  assert 'Scored 2 pairs' in scored.stderr

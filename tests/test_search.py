@@ -330,3 +330,176 @@ def test_jitted_searches_do_not_retrace_for_new_values():
       search_lib.greedy_search(make_step_fn(tables), make_cache([1, 0]),
                              batch_size=2, max_decode_len=max_decode_len,
                              max_lengths=jnp.array([2, 4])))
+
+
+def numpy_constrained_greedy(table, limit, *, min_length=1, n=0):
+  """numpy_greedy with the no-repeat rule and a minimum length, written out by hand."""
+  fed, tokens = [0, 0], []
+  while not tokens or tokens[-1] != EOS:
+    logits = np.array(table[len(tokens), fed[-2], fed[-1]], np.float64)
+    if n:
+      for j in range(len(tokens) - n + 1):
+        if tuple(tokens[j:j + n - 1]) == tuple(tokens[len(tokens) - n + 1:]):
+          if tokens[j + n - 1] != EOS:
+            logits[tokens[j + n - 1]] = -np.inf
+    others = np.isfinite(np.delete(logits, EOS)).any()
+    if len(tokens) < min_length - 1 and others:
+      logits[EOS] = -np.inf
+    token = int(np.argmax(logits))
+    tokens.append(EOS if len(tokens) == limit - 1 else token)
+    fed.append(tokens[-1])
+  return tokens
+
+
+def ngrams(tokens, n):
+  """The n-grams before eos (the fake model may choose token 0 too)."""
+  tokens = list(tokens)
+  words = tokens[:tokens.index(EOS)] if EOS in tokens else tokens
+  return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def test_repeated_ngram_bans_match_a_python_reference():
+  rng = np.random.default_rng(6)
+  sequences = rng.integers(2, 5, (7, 9))  # Few words, so n-grams repeat often.
+  for n in (1, 2, 3):
+    for step in range(10):
+      bans = np.asarray(search_lib.repeated_ngram_bans(
+          jnp.asarray(sequences, jnp.int32), jnp.int32(step), n, VOCAB))
+      for row, seq in zip(bans, sequences):
+        chosen = list(seq[:step])
+        expected = {chosen[j + n - 1] for j in range(step - n + 1)
+                    if chosen[j:j + n - 1] == chosen[step - n + 1:step]}
+        assert set(np.flatnonzero(row)) == expected, (n, step)
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_no_repeat_leaves_no_repeated_ngram(n):
+  """A model that loops on its favourite words; the rule leaves no n-gram twice."""
+  rng = np.random.default_rng(7)
+  batch_size, max_decode_len = 4, 9
+  tables = rng.normal(0, 0.5, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  tables[..., 2] += 3.0  # Word 2, then word 3, again and again.
+  tables[..., 3] += 2.0
+  tables[..., EOS] -= 3.0
+  step_fn, cache = make_step_fn(tables), make_cache(np.arange(batch_size))
+  common = dict(batch_size=batch_size, max_decode_len=max_decode_len)
+
+  looping = search_lib.greedy_search(step_fn, cache, **common)
+  assert any(len(set(ngrams(t, n))) < len(ngrams(t, n)) for t in np.asarray(looping))
+  greedy = search_lib.greedy_search(step_fn, cache, no_repeat_ngram_size=n, **common)
+  sequences, scores = search_lib.beam_search(step_fn, cache, beam_size=3,
+                                             no_repeat_ngram_size=n, **common)
+  for b in range(batch_size):
+    expected = numpy_constrained_greedy(tables[b], max_decode_len, n=n)
+    np.testing.assert_array_equal(greedy[b], padded(expected, max_decode_len))
+  for tokens in list(np.asarray(greedy)) + list(np.asarray(sequences).reshape(-1, max_decode_len)):
+    grams = ngrams(tokens, n)
+    assert len(set(grams)) == len(grams), tokens
+  assert np.all(np.isfinite(scores))
+
+
+def test_beam_search_with_no_repeat_returns_the_best_allowed_hypotheses():
+  """An exhaustive beam under the rule equals every hypothesis without a repeated 2-gram."""
+  max_decode_len, alpha = 5, 0.6
+  tables = np.random.default_rng(8).normal(0, 1.5, (1, max_decode_len) + (VOCAB,) * 3)
+  sequences, scores = search_lib.beam_search(
+      make_step_fn(tables), make_cache([0]), batch_size=1, beam_size=300,
+      max_decode_len=max_decode_len, length_penalty=alpha, no_repeat_ngram_size=2)
+  expected = [(s, score) for s, score in all_hypotheses(tables[0], max_decode_len, alpha)
+              if len(set(ngrams(s, 2))) == len(ngrams(s, 2))]
+  n = len(expected)
+  np.testing.assert_array_equal(sequences[0, :n], [padded(s, max_decode_len) for s, _ in expected])
+  np.testing.assert_allclose(scores[0, :n], [s for _, s in expected], rtol=1e-5)
+  assert np.all(scores[0, n:] == -np.inf)
+
+
+def test_min_lengths_delay_eos():
+  rng = np.random.default_rng(9)
+  batch_size, max_decode_len = 5, 8
+  tables = rng.normal(0, 1.0, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  tables[..., EOS] += 4.0  # Eos is the argmax everywhere.
+  mins = np.array([1, 3, 5, 8, 20])  # 20 is clipped to the limit.
+  step_fn, cache = make_step_fn(tables), make_cache(np.arange(batch_size))
+  common = dict(batch_size=batch_size, max_decode_len=max_decode_len,
+                min_lengths=jnp.array(mins))
+  greedy = search_lib.greedy_search(step_fn, cache, **common)
+  sequences, _ = search_lib.beam_search(step_fn, cache, beam_size=2, **common)
+  for b in range(batch_size):
+    expected = numpy_constrained_greedy(tables[b], max_decode_len, min_length=mins[b])
+    assert len(expected) == min(mins[b], max_decode_len)
+    np.testing.assert_array_equal(greedy[b], padded(expected, max_decode_len))
+  lengths = np.argmax(np.asarray(sequences) == EOS, axis=-1) + 1  # [batch, beam]
+  assert np.all(lengths >= np.minimum(mins, max_decode_len)[:, None])
+
+
+def test_sampling_as_temperature_goes_to_zero_is_greedy():
+  rng = np.random.default_rng(10)
+  batch_size, max_decode_len = 6, 7
+  tables = rng.normal(0, 2.0, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  step_fn, cache = make_step_fn(tables), make_cache(np.arange(batch_size))
+  common = dict(batch_size=batch_size, max_decode_len=max_decode_len)
+  greedy = search_lib.greedy_search(step_fn, cache, **common)
+  cold = search_lib.greedy_search(step_fn, cache, sampling=search_lib.Sampling(
+      temperature=1e-4, seed=3), **common)
+  hot = search_lib.greedy_search(step_fn, cache, sampling=search_lib.Sampling(
+      temperature=5.0, seed=3), **common)
+  np.testing.assert_array_equal(cold, greedy)
+  assert not np.array_equal(hot, greedy)  # So the cold run really sampled.
+
+
+@pytest.mark.parametrize('spec', ['temperature:0.7', 'top_k:2', 'top_p:0.6',
+                                  'top_k:3,temperature:1.5'])
+def test_sampling_frequencies_match_the_truncated_distribution(spec):
+  """4,000 one-token samples against the NumPy distribution after temperature/top-k/top-p."""
+  rows = 4000
+  logits = np.log(np.array([1e-9, 0.05, 0.45, 0.3, 0.2]))  # pad, eos, words 2..4
+  tables = np.broadcast_to(logits, (1, 2) + (VOCAB,) * 3)
+  sampling = search_lib.Sampling.parse(spec, seed=0)
+  tokens = search_lib.greedy_search(
+      make_step_fn(tables), make_cache(np.zeros(rows, int)), batch_size=rows,
+      max_decode_len=2, sampling=sampling)
+  counts = np.bincount(np.asarray(tokens[:, 0]), minlength=VOCAB) / rows
+
+  scaled = logits / sampling.temperature
+  order = np.argsort(-scaled)
+  keep = np.zeros(VOCAB, bool)
+  keep[order[:sampling.top_k or VOCAB]] = True
+  probs = np.exp(scaled - scaled.max())
+  probs /= probs.sum()
+  mass = 0.0
+  for i, token in enumerate(order):
+    if mass >= sampling.top_p:
+      keep[order[i:]] = False
+      break
+    mass += probs[token]
+  expected = np.where(keep, np.exp(scaled), 0.0)
+  expected /= expected.sum()
+  assert np.all(counts[~keep] == 0)
+  np.testing.assert_allclose(counts, expected, atol=4 * np.sqrt(0.25 / rows))
+
+
+def test_sampling_is_reproducible_and_follows_the_sentence():
+  rng = np.random.default_rng(11)
+  batch_size, max_decode_len = 6, 7
+  tables = rng.normal(0, 1.0, (batch_size, max_decode_len) + (VOCAB,) * 3)
+  permutation = np.array([4, 2, 0, 5, 1, 3])
+
+  def sample(rows, seed):
+    return np.asarray(search_lib.greedy_search(
+        make_step_fn(tables), make_cache(rows), batch_size=batch_size,
+        max_decode_len=max_decode_len, row_ids=jnp.asarray(rows, jnp.int32),
+        sampling=search_lib.Sampling(temperature=1.0, seed=seed)))
+
+  first = sample(np.arange(batch_size), 1)
+  np.testing.assert_array_equal(sample(np.arange(batch_size), 1), first)
+  np.testing.assert_array_equal(sample(permutation, 1), first[permutation])
+  assert not np.array_equal(sample(np.arange(batch_size), 2), first)
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('temperature:0', 'must be > 0'), ('top_k:0', 'must be >= 1'), ('top_p:1.5', r'\(0, 1\]'),
+    ('top_k:2.5', 'an integer'), ('beam:3', 'give temperature:T'),
+    ('top_k:2,top_k:3', 'each once'), ('temperature', 'give temperature:T')])
+def test_bad_sampling_specs_are_named(spec, message):
+  with pytest.raises(ValueError, match=message):
+    search_lib.Sampling.parse(spec)

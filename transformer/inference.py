@@ -23,6 +23,7 @@ from transformer import cli
 from transformer import datasets
 from transformer import input_pipeline
 from transformer import models
+from transformer import search as search_lib
 from transformer import sharding
 from transformer import tokenizer as tokenizer_lib
 from transformer import translator as translator_lib
@@ -33,7 +34,7 @@ InputError = cli.UserError  # What the user gave (a file, a flag): reported with
 
 
 def check_paths(input_path: Optional[str], output_path: Optional[str],
-                reference_paths: Sequence[str], run: workdir_lib.Workdir) -> None:
+                reference_paths: Sequence[str], runs: Sequence[workdir_lib.Workdir]) -> None:
   """Refuses, before anything is loaded, an output that would destroy an input or fail late.
 
   Nothing the run owns (config.json, its vocabulary, checkpoints, ...) is ever an output.
@@ -48,9 +49,10 @@ def check_paths(input_path: Optional[str], output_path: Optional[str],
         path, output_path):
       raise InputError(f'--output={output_path} is the {flag} file: writing would destroy it. '
                        'Give another --output.')
-  if run.owns(output_path):
-    raise InputError(f'--output={output_path} is a file of the run in {run.path}: writing '
-                     'would destroy it. Give a file outside the run\'s own files.')
+  for run in runs:
+    if run.owns(output_path):
+      raise InputError(f'--output={output_path} is a file of the run in {run.path}: writing '
+                       'would destroy it. Give a file outside the run\'s own files.')
   folder = os.path.dirname(os.path.abspath(output_path))
   if os.path.isdir(output_path):
     raise InputError(f'--output={output_path} is a folder; give a file name.')
@@ -101,11 +103,7 @@ def load_trained(workdir: str, checkpoint: str = 'best') -> Loaded:
   """
   run = workdir_lib.Workdir(workdir)
   config = run.config()
-  tokenizer = run.tokenizer()
-  if tokenizer is None:
-    logging.warning('%s keeps no vocabulary of its own (trained by an older version); using '
-                    "the dataset's.", workdir)
-    tokenizer = input_pipeline.prepare_vocabulary(config)
+  tokenizer = _tokenizer(run)
   model = models.make_model(config)
   replicated = sharding.replicated(sharding.make_mesh())
   abstract = jax.tree.map(
@@ -114,6 +112,16 @@ def load_trained(workdir: str, checkpoint: str = 'best') -> Loaded:
   variables, step, description = run.restore_variables(checkpoint, abstract)
   logging.info('Loaded %s of %s.', description, workdir)
   return Loaded(config, tokenizer, model, variables, step, description)
+
+
+def _tokenizer(run: workdir_lib.Workdir) -> tokenizer_lib.Tokenizer:
+  """The run's own vocabulary; a run from before it kept one uses the dataset's."""
+  tokenizer = run.tokenizer()
+  if tokenizer is None:
+    logging.warning('%s keeps no vocabulary of its own (trained by an older version); using '
+                    "the dataset's.", run.path)
+    tokenizer = input_pipeline.prepare_vocabulary(run.config())
+  return tokenizer
 
 
 def _abstract_variables(model: models.Transformer, length: int) -> dict:
@@ -164,6 +172,74 @@ class Translator:
     return self._batch.translate_nbest(self._loaded.variables, list(sentences), search)
 
 
+def check_ensemble(workdirs: Sequence[str]) -> None:
+  """Refuses, before any checkpoint loads, run folders whose vocabularies differ.
+
+  Compared by content (tokenizer.fingerprint), not by file bytes: the same vocabulary
+  prepared twice once differed in the temporary folder it recorded.
+  """
+  if not workdirs:
+    raise InputError('Give --workdir (repeated for an ensemble) or --ensemble=DIR,DIR.')
+  runs = [workdir_lib.Workdir(path) for path in workdirs]
+  prints = [tokenizer_lib.fingerprint(_tokenizer(run).model_path) for run in runs]
+  for run, fingerprint in zip(runs[1:], prints[1:]):
+    if fingerprint != prints[0]:
+      raise InputError(f'{run.path} was trained with another vocabulary than {runs[0].path} '
+                       f'({fingerprint[:12]} vs {prints[0][:12]}): an ensemble needs one '
+                       'vocabulary.')
+
+
+def load_ensemble(runs: Sequence[workdir_lib.Workdir], checkpoint: str = 'best'):
+  """(config, tokenizer, models, variables, steps, what was restored): the first run's config
+  and tokenizer; check_ensemble has made sure the members share a vocabulary."""
+  loaded = [load_trained(run.path, checkpoint) for run in runs]
+  return (loaded[0].config, loaded[0].tokenizer, [m.model for m in loaded],
+          [m.variables for m in loaded], [m.step for m in loaded],
+          [m.checkpoint for m in loaded])
+
+
+def search_overrides(*, beam_size: Optional[int] = None, nbest: int = 0,
+                     max_decode_len: Optional[int] = None, sampling: Optional[str] = None,
+                     seed: int = 0, no_repeat_ngram_size: int = 0,
+                     min_length_ratio: Optional[float] = None,
+                     max_length_ratio: Optional[float] = None) -> dict:
+  """SearchConfig fields of the new search flags, each bad value refused in one line.
+
+  Needs no checkpoint, so decode() calls it before loading any. --sampling implies beam 1;
+  --max_length_ratio R replaces the config's ratio/offset rule by ceil(R * source tokens).
+  """
+  out = {}
+  if sampling is not None:
+    try:
+      out['sampling'] = search_lib.Sampling.parse(sampling, seed)
+    except ValueError as e:
+      raise InputError(f'--sampling={sampling}: {e}') from None
+    if beam_size not in (None, 1) or nbest:
+      raise InputError(f'--sampling draws one output a sentence: drop --beam_size={beam_size} '
+                       f'and --nbest={nbest}.')
+    out['beam_size'] = 1
+  if seed < 0:
+    raise InputError(f'--seed={seed} must be >= 0.')
+  if no_repeat_ngram_size < 0:
+    raise InputError(f'--no_repeat_ngram_size={no_repeat_ngram_size} must be >= 0.')
+  out['no_repeat_ngram_size'] = no_repeat_ngram_size
+  if min_length_ratio is not None:
+    if not min_length_ratio >= 0:
+      raise InputError(f'--min_length_ratio={min_length_ratio} must be >= 0.')
+    out['min_length_ratio'] = min_length_ratio
+  if max_length_ratio is not None:
+    if not max_length_ratio > 0:
+      raise InputError(f'--max_length_ratio={max_length_ratio} must be > 0.')
+    if max_decode_len is not None:
+      raise InputError('--max_length_ratio and --max_decode_len both set the output length: '
+                       'give one.')
+    if min_length_ratio is not None and min_length_ratio > max_length_ratio:
+      raise InputError(f'--min_length_ratio={min_length_ratio} is above '
+                       f'--max_length_ratio={max_length_ratio}.')
+    out.update(length_ratio=max_length_ratio, length_offset=0)
+  return out
+
+
 def search_config(config, *, beam_size: Optional[int] = None,
                   length_penalty: Optional[float] = None,
                   max_decode_len: Optional[int] = None,
@@ -182,13 +258,20 @@ def _check_max_decode_len(model_config: models.ModelConfig,
                      f"{model_config.max_len}] (the model's max_len).")
 
 
-def cache_sizes(model_config: models.ModelConfig, batch: int,
+def cache_sizes(model_config: models.ModelConfig, batch,
                 shapes: Sequence[tuple[translator_lib.SearchConfig, int, int]]) -> list[dict]:
-  """KV-cache bytes (all devices together) of each (search, source bucket, decode length)."""
-  return [dict(batch=batch, beam=search.beam_size, source_len=source_len,
+  """KV-cache bytes (all devices together) of each (search, source bucket, decode length).
+
+  `model_config` may be a list (an ensemble: the members' caches add up) and `batch` a
+  function of the source bucket (batches by tokens).
+  """
+  configs = model_config if isinstance(model_config, (list, tuple)) else [model_config]
+  rows = batch if callable(batch) else lambda _: batch
+  return [dict(batch=rows(source_len), beam=search.beam_size, source_len=source_len,
                max_decode_len=max_decode_len,
-               bytes=models.cache_bytes(model_config, batch=batch, beam=search.beam_size,
-                                        source_len=source_len, max_decode_len=max_decode_len))
+               bytes=sum(models.cache_bytes(c, batch=rows(source_len), beam=search.beam_size,
+                                            source_len=source_len,
+                                            max_decode_len=max_decode_len) for c in configs))
           for search, source_len, max_decode_len in sorted(shapes, key=lambda s: s[1])]
 
 
@@ -255,13 +338,30 @@ def format_hypotheses(source: str, hypotheses: Sequence[tuple[str, float]], nbes
       {'text': text, 'score': score} for text, score in hypotheses]}, ensure_ascii=False)
 
 
-def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = None,
+def _workdirs(workdir) -> list[str]:
+  return [workdir] if isinstance(workdir, str) else list(workdir)
+
+
+def _check_batching(batch_size: Optional[int], batch_tokens: Optional[int],
+                    streaming: bool) -> None:
+  if batch_tokens is None:
+    return
+  if batch_tokens < 1:
+    raise InputError(f'--batch_tokens={batch_tokens} must be >= 1.')
+  if batch_size is not None:
+    raise InputError('--batch_size and --batch_tokens both size the batches: give one.')
+  if streaming:
+    raise InputError('--batch_tokens batches a file; --input=- translates one line at a time.')
+
+
+def decode(workdir, *, checkpoint: str = 'best', split: Optional[str] = None,
            input_path: Optional[str] = None, output_path: Optional[str] = None,
            reference_paths: Sequence[str] = (), beam_size: Optional[int] = None,
            length_penalty: Optional[float] = None,
            max_decode_len: Optional[int] = None,
            batch_size: Optional[int] = None, nbest: int = 0,
-           write_translations: bool = True) -> dict:
+           batch_tokens: Optional[int] = None, write_translations: bool = True,
+           **search_flags) -> dict:
   """Translates `split` of the run's dataset or the lines of `input_path`; scores if it can.
 
   `input_path` '-' streams stdin: each line is translated as soon as it arrives and its
@@ -271,6 +371,10 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
   JSON line per source with its n best hypotheses and their scores. The result's 'cache'
   lists the KV-cache size of each batch shape that was decoded; 'hypotheses' the best
   translations, which `write_translations=False` keeps off stdout.
+
+  `workdir` may be a list: an ensemble (translator.py). `batch_tokens` batches by padded
+  source tokens instead of sentences; `search_flags` are search_overrides' (sampling, seed,
+  no_repeat_ngram_size, min_length_ratio, max_length_ratio).
   """
   if (split is None) == (input_path is None):
     raise InputError('Give exactly one of --split and --input.')
@@ -281,18 +385,24 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
                            ('--length_penalty', length_penalty, 0)):
     if value is not None and not value >= low:  # `not >=`: NaN is refused too.
       raise InputError(f'{flag}={value} must be >= {low}.')
+  streaming = input_path == '-'
+  _check_batching(batch_size, batch_tokens, streaming)
+  overrides = search_overrides(beam_size=beam_size, nbest=nbest, max_decode_len=max_decode_len,
+                               **search_flags)
   workdir_lib.check_checkpoint_choice(checkpoint)
-  run = workdir_lib.Workdir(workdir)
-  check_paths(input_path, output_path, reference_paths, run)
-  # Everything the flags and config.json can tell is checked before the checkpoint loads.
-  config = run.config()
-  _check_max_decode_len(models.ModelConfig.from_config(config.model), max_decode_len)
+  runs = [workdir_lib.Workdir(path) for path in _workdirs(workdir)]
+  check_paths(input_path, output_path, reference_paths, runs)
+  # Everything the flags and config.json can tell is checked before a checkpoint loads.
+  check_ensemble([run.path for run in runs])
+  config = runs[0].config()
+  for run in runs:
+    _check_max_decode_len(models.ModelConfig.from_config(run.config().model), max_decode_len)
   try:
-    search = search_config(config, beam_size=beam_size, length_penalty=length_penalty,
-                           max_decode_len=max_decode_len, nbest=nbest)
+    search = dataclasses.replace(
+        search_config(config, beam_size=beam_size, length_penalty=length_penalty,
+                      max_decode_len=max_decode_len, nbest=nbest), **overrides)
   except ValueError as e:
     raise InputError(f'--nbest/--beam_size: {e}') from None
-  streaming = input_path == '-'
   if streaming and sys.stdin is None:
     raise InputError('--input=-: there is no standard input (it is closed); give a file.')
   references = [read_lines(path) for path in reference_paths]
@@ -305,9 +415,10 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
     sources = read_lines(input_path)
   if not streaming:
     _check_reference_lengths(reference_paths, references, len(sources))
-  _, tokenizer, model, variables, step, description = load_trained(workdir, checkpoint)
+  config, tokenizer, model, variables, step, description = load_ensemble(runs, checkpoint)
   translator = translator_lib.BatchTranslator(
-      model, tokenizer, batch_size=1 if streaming else batch_size or config.eval_batch_size)
+      model, tokenizer, batch_size=1 if streaming else batch_size or config.eval_batch_size,
+      batch_tokens=batch_tokens)
   if output_path:
     out = open(output_path, 'w', encoding='utf-8')
   else:
@@ -333,14 +444,68 @@ def decode(workdir: str, *, checkpoint: str = 'best', split: Optional[str] = Non
     if output_path:
       out.close()
   seconds = time.perf_counter() - start  # Compilation of each length bucket included.
-  result = {'step': step, 'checkpoint': description, 'sentences': len(sources),
-            'seconds': seconds,
-            'truncated': translator.num_truncated,
+  result = {'step': step[0] if len(step) == 1 else step, 'checkpoint': '; '.join(description),
+            'sentences': len(sources), 'seconds': seconds, 'truncated': translator.num_truncated,
             'beam_size': search.beam_size, 'hypotheses': hypotheses,
-            'cache': cache_sizes(model.config, translator.batch_size, translator.decode_shapes)}
+            'cache': cache_sizes([m.config for m in model], translator.batch_rows,
+                                 translator.decode_shapes)}
   if references:
     if streaming:  # Only now is the number of source lines known.
       _check_reference_lengths(reference_paths, references, len(sources))
     result.update(translator_lib.score(hypotheses, references))
     logging.info('%s\n%s', result['bleu_text'], result['chrf_text'])
   return result
+
+
+def score(workdir, *, input_path: str, reference_path: str, checkpoint: str = 'best',
+          output_path: Optional[str] = None, length_penalty: Optional[float] = None,
+          batch_size: Optional[int] = None, batch_tokens: Optional[int] = None) -> dict:
+  """Scores given translations by teacher forcing: one JSON line per (source, reference) pair.
+
+  Each line holds the pair's log-probability (eos included), its GNMT score (log-probability
+  / lp(length), what beam search ranks and --nbest prints), and each token's piece and
+  log-probability. `workdir` may be a list (an ensemble). Empty source lines score nothing
+  (null).
+  """
+  for flag, value in (('--input', input_path), ('--reference', reference_path)):
+    if value in (None, '-'):
+      raise InputError(f'--score needs {flag}=FILE (a file, not stdin).')
+  if length_penalty is not None and not length_penalty >= 0:
+    raise InputError(f'--length_penalty={length_penalty} must be >= 0.')
+  if batch_size is not None and batch_size < 1:
+    raise InputError(f'--batch_size={batch_size} must be >= 1.')
+  _check_batching(batch_size, batch_tokens, False)
+  workdir_lib.check_checkpoint_choice(checkpoint)
+  runs = [workdir_lib.Workdir(path) for path in _workdirs(workdir)]
+  check_paths(input_path, output_path, [reference_path], runs)
+  check_ensemble([run.path for run in runs])
+  sources, references = read_lines(input_path), read_lines(reference_path)
+  _check_reference_lengths([reference_path], [references], len(sources))
+  config, tokenizer, model, variables, step, _ = load_ensemble(runs, checkpoint)
+  alpha = config.length_penalty if length_penalty is None else length_penalty
+  translator = translator_lib.BatchTranslator(model, tokenizer,
+                                         batch_size=batch_size or config.eval_batch_size,
+                                         batch_tokens=batch_tokens)
+  kept = [i for i, line in enumerate(sources) if line.strip()]
+  targets = translator.encode_targets([references[i] for i in kept], [i + 1 for i in kept])
+  token_scores = translator.score_ids(
+      variables, translator.encode_sources([sources[i] for i in kept], [i + 1 for i in kept]),
+      targets)
+  rows = [dict(source=source, reference=reference, log_prob=None, score=None, tokens=[],
+               token_log_probs=[]) for source, reference in zip(sources, references)]
+  for i, ids, scores in zip(kept, targets, token_scores):
+    total = float(sum(scores))
+    rows[i].update(log_prob=total,
+                   score=total / float(search_lib.length_penalty_fn(len(scores), alpha)),
+                   tokens=[tokenizer.processor.id_to_piece(t) for t in ids],
+                   token_log_probs=scores)
+  out = open(output_path, 'w', encoding='utf-8') if output_path else sys.stdout
+  try:
+    out.writelines(json.dumps(row, ensure_ascii=False) + '\n' for row in rows)
+  finally:
+    if output_path:
+      out.close()
+  totals = [rows[i]['log_prob'] for i in kept]
+  tokens = sum(len(rows[i]['tokens']) for i in kept)
+  return {'step': step[0] if len(step) == 1 else step, 'pairs': len(kept), 'rows': rows,
+          'log_prob': sum(totals), 'tokens': tokens}

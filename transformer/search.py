@@ -25,6 +25,7 @@ flat batch*beam axis, a separate set of finished hypotheses, the early-stopping
 bound); see `beam_search` for where it differs.
 """
 
+import dataclasses
 from typing import Any, Callable, Optional, Tuple
 
 from flax import struct
@@ -130,6 +131,127 @@ def _previous_tokens(sequences, step, bos_id):
   return jnp.where(step == 0, bos_id, last)
 
 
+# Constraints shared by the searches: length limits and the no-repeat rule.
+
+
+def _min_lengths(min_lengths, limits):
+  """Per-sentence least number of tokens, eos included, in [1, limit]: int32[B] or None."""
+  if min_lengths is None:
+    return None
+  return jnp.clip(jnp.asarray(min_lengths, jnp.int32), 1, limits)
+
+
+def repeated_ngram_bans(sequences, step, n: int, vocab_size: int):
+  """Tokens that would complete an n-gram already in the sequence: bool[rows, vocab].
+
+  As fairseq's --no_repeat_ngram_size: at `step` the last n-1 chosen tokens are matched
+  against every earlier window of n-1 tokens, and the token that followed each match is
+  banned. n = 1 bans every token already chosen.
+
+  Args:
+    sequences: int32[rows, max_decode_len], the tokens chosen at positions < step.
+    step: int32 scalar, the position about to be decoded.
+    n: the n-gram size (static, >= 1).
+    vocab_size: the logits' last dimension.
+  """
+  rows, length = sequences.shape
+  starts = jnp.arange(length)  # The n-gram sequences[j : j + n] starts at j.
+  matches = starts + n - 1 < step  # Its last token is already chosen.
+  for offset in range(n - 1):
+    window = jnp.roll(sequences, -offset, axis=1)  # window[:, j] = sequences[:, j + offset]
+    last = lax.dynamic_index_in_dim(sequences, step - (n - 1) + offset, axis=1)  # [rows, 1]
+    matches = matches & (window == last)
+  follower = jnp.roll(sequences, -(n - 1), axis=1)  # The n-gram's last token.
+  return jnp.zeros((rows, vocab_size), jnp.int8).at[
+      jnp.arange(rows)[:, None], follower].max(matches.astype(jnp.int8)) > 0
+
+
+def constrain(scores, sequences, step, *, limits, min_lengths, no_repeat_ngram_size: int,
+              eos_id: int):
+  """-inf on the tokens a hypothesis may not choose at `step`: scores float[rows, vocab].
+
+  At its limit only eos may be chosen. Before its minimum length eos may not, unless
+  nothing else is left (the no-repeat rule can ban every other token). eos is never
+  banned by the no-repeat rule: it ends a hypothesis, so no n-gram ending in it repeats.
+  limits and min_lengths (None: no minimum) are int32[rows].
+  """
+  vocab = jnp.arange(scores.shape[-1])
+  is_eos = vocab == eos_id  # [vocab]
+  if no_repeat_ngram_size:
+    banned = repeated_ngram_bans(sequences, step, no_repeat_ngram_size, scores.shape[-1])
+    scores = jnp.where(banned & ~is_eos, -jnp.inf, scores)
+  if min_lengths is not None:
+    other_left = jnp.any(jnp.isfinite(scores) & ~is_eos, axis=-1, keepdims=True)  # [rows, 1]
+    too_short = (step < min_lengths - 1)[:, None] & other_left
+    scores = jnp.where(too_short & is_eos, -jnp.inf, scores)
+  at_limit = (step == limits - 1)[:, None]
+  return jnp.where(at_limit & ~is_eos, -jnp.inf, scores)
+
+
+# Sampling.
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """Ancestral sampling: logits / temperature, then top-k, then nucleus (top-p) truncation.
+
+  `seed` and a row's sentence id pick its random stream, so a sentence samples the same
+  tokens whatever batch it lands in (Holtzman et al. 2020 for top-p).
+  """
+  temperature: float = 1.0
+  top_k: int = 0  # 0 = no top-k truncation.
+  top_p: float = 1.0  # 1 = no nucleus truncation.
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f'temperature:{self.temperature} must be > 0.')
+    if self.top_k < 0:
+      raise ValueError(f'top_k:{self.top_k} must be >= 1.')
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f'top_p:{self.top_p} must be in (0, 1].')
+
+  @classmethod
+  def parse(cls, spec: str, seed: int = 0) -> 'Sampling':
+    """'temperature:T', 'top_k:K', 'top_p:P' or several joined by commas."""
+    fields = {}
+    for item in spec.split(','):
+      name, _, value = item.strip().partition(':')
+      if name not in ('temperature', 'top_k', 'top_p') or not value or name in fields:
+        raise ValueError(f'{item.strip()!r}: give temperature:T, top_k:K or top_p:P '
+                         '(several joined by commas, each once).')
+      try:
+        fields[name] = int(value) if name == 'top_k' else float(value)
+      except ValueError:
+        raise ValueError(f'{item.strip()!r}: {value!r} is not a number'
+                         f'{" (an integer)" if name == "top_k" else ""}.') from None
+    if fields.get('top_k') == 0:
+      raise ValueError('top_k:0 must be >= 1.')
+    return cls(seed=seed, **fields)
+
+  def truncate(self, logits):
+    """float[rows, vocab] logits -> tempered logits, -inf outside the top-k and nucleus."""
+    logits = logits.astype(jnp.float32) / self.temperature
+    if self.top_k and self.top_k < logits.shape[-1]:
+      kth = lax.top_k(logits, self.top_k)[0][:, -1:]  # [rows, 1]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if self.top_p < 1:
+      # The smallest set of most probable tokens whose mass reaches top_p (ties kept).
+      ordered = -jnp.sort(-logits, axis=-1)
+      probs = jax.nn.softmax(ordered, axis=-1)
+      mass_before = jnp.cumsum(probs, axis=-1) - probs
+      last_kept = jnp.sum(mass_before < self.top_p, axis=-1, keepdims=True) - 1  # [rows, 1]
+      cutoff = jnp.take_along_axis(ordered, last_kept, axis=-1)
+      logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+  def draw(self, logits, row_ids, step):
+    """One token per row from the truncated distribution: int32[rows]."""
+    base = jax.random.fold_in(jax.random.key(self.seed), step)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(row_ids)
+    return jax.vmap(jax.random.categorical)(keys, self.truncate(logits)).astype(jnp.int32)
+
+
 # Greedy search.
 
 
@@ -148,9 +270,13 @@ def greedy_search(step_fn: StepFn,
                   batch_size: int,
                   max_decode_len: int,
                   max_lengths: Optional[jax.Array] = None,
+                  min_lengths: Optional[jax.Array] = None,
+                  no_repeat_ngram_size: int = 0,
+                  sampling: Optional[Sampling] = None,
+                  row_ids: Optional[jax.Array] = None,
                   eos_id: int = 1,
                   bos_id: int = 0) -> jax.Array:
-  """Decodes by taking the most probable token at every step.
+  """Decodes by taking the most probable token at every step, or by sampling it.
 
   Args:
     step_fn: the model's single-step decoder (see the module docstring).
@@ -159,6 +285,10 @@ def greedy_search(step_fn: StepFn,
     max_decode_len: length of the output (static).
     max_lengths: optional int32[batch] token budget per sentence, eos included;
       the sentence is forced to end with eos when it is reached.
+    min_lengths: optional int32[batch] least tokens per sentence, eos included.
+    no_repeat_ngram_size: n > 0 bans repeating any n-gram (see repeated_ngram_bans).
+    sampling: draw each token from the truncated distribution instead of the argmax.
+    row_ids: int32[batch], each row's random stream with sampling (default: its index).
     eos_id: end-of-sentence token.
     bos_id: token fed at the first step.
 
@@ -166,6 +296,9 @@ def greedy_search(step_fn: StepFn,
     int32[batch, max_decode_len]: tokens up to and including eos, then 0.
   """
   limits = _sentence_limits(max_lengths, batch_size, max_decode_len)  # [B]
+  min_lengths = _min_lengths(min_lengths, limits)
+  if row_ids is None:
+    row_ids = jnp.arange(batch_size, dtype=jnp.int32)
 
   def not_done(state):
     return (state.step < max_decode_len) & ~jnp.all(state.ended)
@@ -173,7 +306,13 @@ def greedy_search(step_fn: StepFn,
   def decode_one_token(state):
     logits, cache = step_fn(
         _previous_tokens(state.tokens, state.step, bos_id), state.cache)
-    next_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
+    scores = constrain(logits, state.tokens, state.step, limits=limits,
+                       min_lengths=min_lengths, no_repeat_ngram_size=no_repeat_ngram_size,
+                       eos_id=eos_id)
+    if sampling is None:
+      next_tokens = jnp.argmax(scores, axis=-1).astype(jnp.int32)  # [B]
+    else:
+      next_tokens = sampling.draw(scores, row_ids, state.step)
     next_tokens = jnp.where(state.step == limits - 1, eos_id, next_tokens)
     next_tokens = jnp.where(state.ended, PAD_ID, next_tokens)
     return GreedyState(
@@ -211,6 +350,8 @@ def beam_search(step_fn: StepFn,
                 beam_size: int,
                 max_decode_len: int,
                 max_lengths: Optional[jax.Array] = None,
+                min_lengths: Optional[jax.Array] = None,
+                no_repeat_ngram_size: int = 0,
                 length_penalty: float = 0.6,
                 eos_id: int = 1,
                 bos_id: int = 0) -> Tuple[jax.Array, jax.Array]:
@@ -238,6 +379,9 @@ def beam_search(step_fn: StepFn,
     max_decode_len: length of the output (static).
     max_lengths: optional int32[batch] token budget per sentence, eos included;
       live hypotheses are forced to end with eos when it is reached.
+    min_lengths: optional int32[batch] least tokens per sentence, eos included.
+    no_repeat_ngram_size: n > 0 bans repeating any n-gram (see repeated_ngram_bans);
+      banned tokens get -inf after the softmax, so scores stay the model's log-probs.
     length_penalty: alpha of `length_penalty_fn`, >= 0.
     eos_id: end-of-sentence token.
     bos_id: token fed at the first step.
@@ -249,6 +393,9 @@ def beam_search(step_fn: StepFn,
       all 0) only when fewer than beam_size eos-terminated sequences exist.
   """
   limits = _sentence_limits(max_lengths, batch_size, max_decode_len)  # [B]
+  min_lengths = _min_lengths(min_lengths, limits)
+  row_limits = jnp.repeat(limits, beam_size)  # [B * beam], the layout step_fn sees
+  row_min_lengths = None if min_lengths is None else jnp.repeat(min_lengths, beam_size)
   # The best any live hypothesis can still be divided by.
   max_penalty = length_penalty_fn(limits, length_penalty)  # [B]
 
@@ -262,12 +409,12 @@ def beam_search(step_fn: StepFn,
     step = state.step
     tokens = _previous_tokens(state.live_seqs, step, bos_id)  # [B, beam]
     flat_logits, cache = step_fn(flatten_beam_dim(tokens), state.cache)
-    log_probs = jax.nn.log_softmax(
-        unflatten_beam_dim(flat_logits, beam_size).astype(jnp.float32))
-    vocab_size = log_probs.shape[-1]  # log_probs: [B, beam, vocab]
-    not_eos = jnp.arange(vocab_size) != eos_id  # [vocab]
-    at_limit = (step == limits - 1)[:, None, None]  # [B, 1, 1]
-    log_probs = jnp.where(at_limit & not_eos, -jnp.inf, log_probs)
+    flat_log_probs = constrain(
+        jax.nn.log_softmax(flat_logits.astype(jnp.float32)), flatten_beam_dim(state.live_seqs),
+        step, limits=row_limits, min_lengths=row_min_lengths,
+        no_repeat_ngram_size=no_repeat_ngram_size, eos_id=eos_id)
+    log_probs = unflatten_beam_dim(flat_log_probs, beam_size)  # [B, beam, vocab]
+    vocab_size = log_probs.shape[-1]
     log_probs = log_probs + state.live_log_probs[:, :, None]
 
     # Each live beam yields at most one eos candidate, so the top 2k
@@ -299,10 +446,13 @@ def beam_search(step_fn: StepFn,
         jnp.where(ends, -jnp.inf, candidate_log_probs), beam_size)  # [B, k]
     live_seqs = gather_beams(candidate_seqs, keep)
     live_parents = jnp.take_along_axis(parent_beams, keep, axis=1)  # [B, k]
+    # The flat rows of the parents: one index per row, each a contiguous slab to copy.
+    parent_rows = (jnp.arange(batch_size)[:, None] * beam_size + live_parents).reshape(-1)
     cache = jax.tree_util.tree_map(
-        lambda x: unflatten_beam_dim(x, beam_size), cache)
-    cache = gather_beams(cache, live_parents)
-    cache = jax.tree_util.tree_map(flatten_beam_dim, cache)
+        lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, parent_rows, axis=0,
+                                                       unique_indices=False,
+                                                       indices_are_sorted=False,
+                                                       mode='clip'), cache)
 
     return BeamState(
         step=step + 1,
