@@ -10,8 +10,10 @@ prints the op time per step summed over threads, grouped by kind: matrix multipl
 (XLA:CPU's library dot fusions), layout copies and transposes, the other fusions
 (elementwise and reductions: norms, softmax, dropout, Adam), and the rest. The sum over
 threads exceeds the step time when ops run side by side. Then it sums the layout copies
-by the JAX operation that the compiled HLO's metadata names for each (layer numbers folded),
-which says whether they come from attention, dropout's backward, the loss, or XLA itself.
+by the JAX operation that the compiled HLO's metadata names for each (layer numbers folded).
+That is the operation XLA fused *into* the copy, not what the copy is for: most copies
+transpose an operand of the matmul that reads them, which XLA:CPU's library matmuls want
+untransposed (docs/RESULTS.md, "Layout copies of the training step").
 On CPU, op-level events need XLA's `--xla_cpu_enable_xprof_traceme`, which this script adds
 to XLA_FLAGS.
 """

@@ -1,5 +1,6 @@
 """The pure losses against NumPy written from the papers' formulas."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -63,3 +64,16 @@ def test_r_drop_kl_is_symmetric_kl_and_zero_for_equal_passes():
 def test_r_drop_loss_counts_both_passes_in_full():
   """Liang et al. 2021, Eq. 3: NLL_a + NLL_b + alpha * KL, not their mean + alpha * KL."""
   assert losses.r_drop_loss(2.0, 3.0, 0.5, alpha=4.0) == 2.0 + 3.0 + 4.0 * 0.5
+
+
+@pytest.mark.parametrize('eps', [0.0, 0.1])
+def test_cross_entropy_gradient_is_softmax_minus_smoothed_target(eps):
+  """The logits gradient the step backpropagates (through the tied output projection):
+  softmax(logits) - q on real tokens, 0 on padding, in NumPy."""
+  logits, targets = batch(3)
+  vocab = logits.shape[-1]
+  q = np.full(logits.shape, eps / (vocab - 1))
+  np.put_along_axis(q, targets[..., None], 1 - eps, axis=-1)
+  expected = (np.exp(np_log_softmax(logits)) - q) * (targets > 0)[..., None]
+  grad = jax.jit(jax.grad(lambda l: losses.cross_entropy(l, targets, eps)[0]))(logits)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -159,6 +160,99 @@ def masked_rms(x: Array, mask: Array | None) -> Array:
   return jnp.sqrt(jnp.sum(sq * weight) / jnp.maximum(jnp.sum(weight), 1.0))
 
 
+def keep_threshold(rate: float) -> int:
+  """The m with uniform(key) < 1 - rate exactly when (bits >> 9) < m, for the same bits.
+
+  jax.random.uniform (float32) turns 32 random bits into (bits >> 9) * 2**-23, exactly, and
+  jax.random.bernoulli keeps where that is below float32(1 - rate): that is m = ceil(
+  float32(1 - rate) * 2**23), an exact integer comparison on the bits.
+  """
+  return math.ceil(float(np.float32(1.0 - rate)) * 2 ** 23)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout: flax's nn.Dropout, bit for bit, with a cheaper mask.
+
+  Under the same name (Dropout_0, ...) it draws the same key, and so the same mask and
+  outputs. The mask compares the random bits with an integer (keep_threshold) instead of
+  turning them into uniform floats first: fewer ops for XLA to fuse into the forward pass
+  and to recompute in the backward pass, which reads the bits again rather than a stored
+  mask. (XLA already compiles the division by keep into a multiplication.)
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    bits = jax.random.bits(self.make_rng('dropout'), x.shape, jnp.uint32)
+    keep = lax.shift_right_logical(bits, np.uint32(9)) < np.uint32(keep_threshold(self.rate))
+    return lax.select(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _weight_dot(x, kernel, dimension_numbers, precision, preferred_element_type):
+  return lax.dot_general(x, kernel, dimension_numbers, precision=precision,
+                         preferred_element_type=preferred_element_type)
+
+
+def _weight_dot_fwd(x, kernel, dimension_numbers, precision, preferred_element_type):
+  return _weight_dot(x, kernel, dimension_numbers, precision, preferred_element_type), (x, kernel)
+
+
+def _weight_dot_bwd(dimension_numbers, precision, preferred_element_type, residuals, g):
+  x, kernel = residuals
+  g = lax.optimization_barrier(g)
+  (x_in, k_in), (x_batch, _) = dimension_numbers
+  if x_batch:
+    raise NotImplementedError('weight_dot_general has no batch dimensions.')
+  _, x_vjp = jax.vjp(lambda x: lax.dot_general(
+      x, kernel, dimension_numbers, precision=precision,
+      preferred_element_type=preferred_element_type), x)
+  (dx,) = x_vjp(g)
+  x_rows = [d for d in range(x.ndim) if d not in x_in]
+  g_rows = list(range(len(x_rows)))  # dot_general puts x's kept dims first.
+  k_out = [d for d in range(kernel.ndim) if d not in k_in]
+  x_in_sorted = sorted(x_in)
+  # Each kernel dimension, named by the x dimension (in) or kernel dimension (out) it is.
+  kernel_dims = [('in', x_in[k_in.index(d)]) if d in k_in else ('out', d)
+                 for d in range(kernel.ndim)]
+  in_size = math.prod(x.shape[d] for d in x_in)
+  out_size = math.prod(kernel.shape[d] for d in k_out)
+  if in_size <= out_size:  # x is the narrower operand: it is the one transposed.
+    dk = lax.dot_general(x, g, ((x_rows, g_rows), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+    dims = [('in', d) for d in x_in_sorted] + [('out', d) for d in k_out]
+  else:
+    dk = lax.dot_general(g, x, ((g_rows, x_rows), ((), ())), precision=precision,
+                         preferred_element_type=preferred_element_type)
+    dims = [('out', d) for d in k_out] + [('in', d) for d in x_in_sorted]
+  dk = jnp.transpose(dk, [dims.index(d) for d in kernel_dims])
+  return dx, dk.astype(kernel.dtype)
+
+
+_weight_dot.defvjp(_weight_dot_fwd, _weight_dot_bwd)
+
+
+def weight_dot_general(x, kernel, dimension_numbers, precision=None,
+                       preferred_element_type=None):
+  """lax.dot_general(x, kernel) for nn.Dense's `dot_general=`, with a cheaper weight gradient.
+
+  The weight gradient sums over the rows ([batch, length]) of x and of the incoming gradient
+  g. XLA:CPU's library (YNNPACK) matmuls take no operand transposed, so XLA copies one of
+  the two transposed. JAX's rule always makes it g, and XLA fuses g's producer into that
+  copy: dropout's backward (recomputing the mask from the random bits, in transposed
+  order) or, for the tied output projection, the whole [rows, vocab] logits gradient. Here
+  the narrower of x and g is transposed, and g is first materialized once in its own
+  layout (the optimization barrier keeps XLA from fusing its producer into the copy). The
+  same sums: the value and dx are unchanged, the weight gradient is the same up to the
+  rounding order of the matmul.
+  """
+  return _weight_dot(x, kernel, dimension_numbers, precision, preferred_element_type)
+
+
 def _heads_major(x: Array) -> Array:
   """[batch, positions, heads, head_dim] -> [batch, heads, positions, head_dim]."""
   return jnp.swapaxes(x, 1, 2)
@@ -176,14 +270,15 @@ class MultiHeadAttention(nn.Module):
   def setup(self):
     cfg = self.config
     _, beta = residual_scales(cfg, self.stack)
-    dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    dense = functools.partial(nn.DenseGeneral, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                              dot_general=weight_dot_general)
     heads = (cfg.num_heads, cfg.qkv_dim // cfg.num_heads)
     # DeepNorm scales value and output projections by beta, query and key by 1.
     self.query = dense(heads, kernel_init=xavier_uniform())
     self.key = dense(heads, kernel_init=xavier_uniform())
     self.value = dense(heads, kernel_init=xavier_uniform(beta))
     self.out = dense(cfg.emb_dim, axis=(-2, -1), kernel_init=xavier_uniform(beta))
-    self.dropout = nn.Dropout(cfg.attention_dropout_rate)
+    self.dropout = Dropout(cfg.attention_dropout_rate)
 
   def keys_values(self, x: Array) -> tuple[Array, Array]:
     """[batch, keys, emb] -> keys and values, each [batch, keys, heads, head_dim]."""
@@ -237,9 +332,9 @@ class FeedForward(nn.Module):
     cfg = self.config
     _, beta = residual_scales(cfg, self.stack)
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                              kernel_init=xavier_uniform(beta))
+                              kernel_init=xavier_uniform(beta), dot_general=weight_dot_general)
     h = nn.relu(dense(cfg.mlp_dim, name='wi')(x))
-    h = nn.Dropout(cfg.activation_dropout_rate)(h, deterministic=not train)
+    h = Dropout(cfg.activation_dropout_rate)(h, deterministic=not train)
     return dense(cfg.emb_dim, name='wo')(h)
 
 
@@ -262,7 +357,7 @@ class Sublayer(nn.Module):
     norm = norms.make_norm(cfg, name='norm')
     gate = (self.param('rezero_gate', nn.initializers.zeros, ()).astype(x.dtype)
             if cfg.residual == 'rezero' else 1.0)
-    dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=not train)
+    dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=not train)
     if cfg.norm_position == 'pre':
       branch = inner(norm(x, mask, train))
       out = x * alpha + gate * dropout(branch)
@@ -371,7 +466,7 @@ class Transformer(nn.Module):
     self.shared_embedding = nn.Embed(
         cfg.vocab_size, cfg.emb_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
         embedding_init=nn.initializers.normal(stddev=cfg.emb_dim ** -0.5))
-    self.embedding_dropout = nn.Dropout(cfg.dropout_rate)
+    self.embedding_dropout = Dropout(cfg.dropout_rate)
     for i in range(cfg.num_layers):
       setattr(self, f'encoder_layer_{i}', EncoderLayer(cfg))
       setattr(self, f'decoder_layer_{i}', DecoderLayer(cfg))
@@ -404,7 +499,8 @@ class Transformer(nn.Module):
     bfloat16 the logits (and the softmax and loss after them) keep float32 precision.
     """
     embedding = self.shared_embedding.embedding.astype(y.dtype)  # [vocab, emb]
-    return jnp.dot(y, embedding.T, preferred_element_type=jnp.float32)
+    return weight_dot_general(y, embedding, (((y.ndim - 1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32)
 
   def encode(self, inputs, *, inputs_positions=None, inputs_segmentation=None,
              train: bool = False) -> Array:
