@@ -21,6 +21,10 @@ import pytest
 # JAX_ENABLE_COMPILATION_CACHE=false to compile everything, or give a
 # JAX_COMPILATION_CACHE_DIR to keep the cache across sessions.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jax_cache_'))
+# A size limit makes the cache take a file lock (filelock) around every read and write.
+# Without one it writes an entry in place and reads without a lock, so a process could load a
+# program another was still writing and abort in XLA ("Fatal Python error: Aborted").
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 * 2**30))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 

@@ -10,6 +10,7 @@ entries, empty, non-UTF-8 or over-long input (test_decode.py).
 import glob
 import logging
 import os
+import math
 import re
 import shutil
 import signal
@@ -466,3 +467,107 @@ def test_cli_decode_refuses_to_overwrite_its_input_and_verbose_shows_the_traceba
   assert source.read_text() == 'Au commencement.\n'
   verbose = run_script(*args, '--verbose')
   assert verbose.returncode == 1 and 'Traceback (most recent call last)' in verbose.stderr
+
+
+def assert_one_line_error(result, script: str, match: str):
+  """A designed stop: exit status 1, `<script>: error: ...` matching, no traceback."""
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith(f'{script}: error: ')]
+  assert len(errors) == 1 and re.search(match, errors[0]), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize('name', ['config.json', 'vocabulary.model'])
+def test_decode_output_onto_a_run_file_is_refused(trained, tmp_path, name):
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement.\n')
+  before = snapshot(trained)
+  result = run_script('decode.py', f'--workdir={trained}', f'--input={source}',
+                      f'--output={os.path.join(trained, name)}')
+  assert_one_line_error(result, 'decode.py', f'--output=.*{name} is a file of the run in')
+  assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize('owned', [('vocabulary.model', 'plots/train_loss.png'),
+                                   ('REPORT.md', 'plots/eval_loss.png')],
+                         ids=['a_run_s_files', 'a_study_folder'])
+def test_train_into_a_folder_with_run_files_but_no_config_is_refused(bible_config, tmp_path,
+                                                                     owned):
+  """The user's own files under a run's names are not overwritten (a study's folder too)."""
+  folder = tmp_path / 'mine'
+  for name in owned:
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b'the user\'s own ' + name.encode())
+  before = snapshot(folder)
+  result = run_script(*train_command(folder, bible_config.data_dir)[1:])
+  assert_one_line_error(result, 'train.py', r'holds .*plots.* but no config\.json')
+  assert snapshot(folder) == before
+
+
+def test_a_huge_learning_rate_stops_at_the_limit_and_decoding_says_why(bible_config, tmp_path):
+  """lr 1e10 without warm-up: the NaN/Inf limit (2) is checked every step, the stop is one
+  line, no checkpoint holds NaN parameters, and decoding the last one says it cannot."""
+  workdir = tmp_path / 'run'
+  result = run_script(*train_command(workdir, bible_config.data_dir,
+                                     '--config.learning_rate=1e10', '--config.warmup_steps=0',
+                                     '--config.max_nonfinite_steps=2')[1:])
+  assert_one_line_error(result, 'train.py', r'2 consecutive steps had a NaN/Inf loss or '
+                        r'gradient \(limit max_nonfinite_steps=2\), the last at step \d')
+  rows = [row for row in metric_rows(os.fspath(workdir)) if 'train/loss' in row]
+  nonfinite = [row['step'] for row in rows if not math.isfinite(row['train/loss'])]
+  assert len(nonfinite) == 2 and len(rows) < STEPS  # Stopped at the limit, not at a log line.
+  for step in workdir_lib.Workdir(os.fspath(workdir)).saved_steps():
+    params = restore(os.fspath(workdir), step)[1]['params']
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement, Dieu créa les cieux et la terre.\n')
+  decoded = run_script('decode.py', f'--workdir={workdir}', f'--input={source}',
+                       '--checkpoint=latest')
+  assert_one_line_error(decoded, 'decode.py', r'scores NaN or -inf: these parameters do not '
+                        'translate')
+
+
+@pytest.mark.parametrize('flag', ['--length_penalty=nan', '--beam_size=0', '--nbest=5'])
+def test_decode_flags_are_checked_before_the_checkpoint_loads(trained, tmp_path, flag,
+                                                              monkeypatch):
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement.\n')
+  result = run_script('decode.py', f'--workdir={trained}', f'--input={source}', flag)
+  name = flag.split('=')[0]
+  assert_one_line_error(result, 'decode.py', re.escape(name))
+
+
+def test_decode_with_stdin_closed_is_one_line(trained):
+  result = subprocess.run(f'{sys.executable} decode.py --workdir={trained} --input=- <&-',
+                          shell=True, capture_output=True, text=True, timeout=180, cwd=ROOT)
+  assert_one_line_error(result, 'decode.py', r'--input=-: there is no standard input')
+
+
+def test_study_names_an_unknown_config_field_in_one_line(tmp_path):
+  result = run_script('study.py', '--scale=small', f'--experiment_dir={tmp_path / "study"}',
+                      '--config.bogus=1')
+  assert_one_line_error(result, 'study.py', r"--config.bogus=1: the config has no field "
+                        r"'bogus'")
+  assert not (tmp_path / 'study').exists()
+
+
+def test_decode_of_an_unparsable_config_json_is_one_line(trained, tmp_path):
+  with open(os.path.join(trained, 'config.json'), 'a') as f:
+    f.write('{')
+  before = snapshot(trained)
+  source = tmp_path / 'source.fr'
+  source.write_text('Au commencement.\n')
+  result = run_script('decode.py', f'--workdir={trained}', f'--input={source}')
+  assert_one_line_error(result, 'decode.py', r'config\.json cannot be read')
+  assert snapshot(trained) == before
+
+
+def test_a_finished_run_says_so_and_rewrites_nothing(trained):
+  files = lambda: {path: os.path.getmtime(path) for path in glob.glob(
+      os.path.join(trained, '**'), recursive=True) if os.path.isfile(path)}
+  before, mtimes = snapshot(trained), files()
+  result = run_script(*train_command(trained, workdir_lib.Workdir(trained).config().data_dir)[1:])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f'is already trained to step {STEPS} of {STEPS}' in result.stderr
+  assert snapshot(trained) == before
+  assert files() == mtimes  # Not even rewritten with the same bytes: no plot is redrawn.

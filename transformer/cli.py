@@ -42,9 +42,22 @@ class _QuietLibraries(std_logging.Filter):
             (record.pathname.startswith(_PROJECT) and '/site-packages/' not in record.pathname))
 
 
+class _ProjectDebug(std_logging.Filter):
+  """With --verbose: this project's DEBUG lines (e.g. why a checkpoint cannot be read, in
+  full), without the libraries' own."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.INFO or (
+        record.pathname.startswith(_PROJECT) and '/site-packages/' not in record.pathname)
+
+
 def quiet_library_logs() -> None:
-  """Drops the libraries' INFO lines (orbax logs a dozen per checkpoint) unless --verbose."""
-  if not _VERBOSE.value:
+  """Drops the libraries' INFO lines (orbax logs a dozen per checkpoint) unless --verbose,
+  which adds the project's DEBUG lines instead."""
+  if _VERBOSE.value:
+    logging.set_verbosity(logging.DEBUG)
+    logging.get_absl_handler().addFilter(_ProjectDebug())
+  else:
     logging.get_absl_handler().addFilter(_QuietLibraries())
 
 

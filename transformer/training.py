@@ -187,16 +187,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = steps.init()
   start_step = int(state.step) // accumulate  # Optimizer steps (checkpoints fall between them).
   history = [row for row in run.metrics() if row['step'] <= start_step]
+  # Early stopping reads the evaluations from metrics.jsonl, so a resumed run counts on.
+  bleus = [row['eval/bleu'] for row in history if 'eval/bleu' in row]
+  patience_ran_out = lambda: bool(config.patience) and (
+      evaluations_since_best(bleus) >= config.patience)
+  if start_step >= config.num_train_steps or patience_ran_out():
+    checkpointer.close()
+    return _finished(run, config, start_step, history, patience_ran_out())
   writer = run.metric_writer(resume_step=start_step, enabled=jax.process_index() == 0)
   if not any('params/count' in row for row in history):
     writer.write(0, {'params/count': sum(x.size for x in jax.tree.leaves(state.params))},
                  log=False)
   wall_seconds_before = max((row['time/wall_seconds'] for row in history
                              if 'time/wall_seconds' in row), default=0.0)
-  # Early stopping reads the evaluations from metrics.jsonl, so a resumed run counts on.
-  bleus = [row['eval/bleu'] for row in history if 'eval/bleu' in row]
-  patience_ran_out = lambda: bool(config.patience) and (
-      evaluations_since_best(bleus) >= config.patience)
   loop_start = time.perf_counter()
 
   validation = Validation(config, data, mesh) if config.eval_every_steps else None
@@ -231,10 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              '--config.learning_rate or raise --config.warmup_steps and train a new workdir.'
              if latest is not None else 'No checkpoint was saved.'))
 
-  stopped_early = patience_ran_out()
-  if stopped_early:
-    logging.info('%d evaluations without a new best BLEU (patience %d): not training on.',
-                 evaluations_since_best(bleus), config.patience)
+  stopped_early = False
   previous_streak = None  # The last step's NaN/Inf streak, still on the device.
   try:
     while step < config.num_train_steps and not preemption.raised and not stopped_early:
@@ -323,6 +323,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
     writer.close()
   return last_metrics
+
+
+def _finished(run: workdir_lib.Workdir, config: ml_collections.ConfigDict, step: int,
+              history: list[dict], stopped_early: bool) -> dict:
+  """A run with nothing left to train: says so, writes nothing, returns its last metrics."""
+  last = {}
+  for row in history:
+    last.update({k: v for k, v in row.items() if k != 'step'})
+  if stopped_early:
+    last['train/stopped_early_at_step'] = max(row['step'] for row in history
+                                              if 'eval/bleu' in row)
+    logging.info('%s stopped early at step %d (%d evaluations without a new best BLEU, '
+                 'patience %d): nothing to do.', run.path, last['train/stopped_early_at_step'],
+                 config.patience, config.patience)
+  else:
+    logging.info('%s is already trained to step %d of %d: nothing to do.', run.path, step,
+                 config.num_train_steps)
+  return last
 
 
 def _save_if_finite(checkpointer, step: int, state, train_iter) -> None:

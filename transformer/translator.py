@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import sacrebleu
 
+from transformer import cli
 from transformer import models as models_lib
 from transformer import search as search_lib
 from transformer import sharding
@@ -93,6 +94,10 @@ def score(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dic
           'bleu_text': str(bleu_score), 'chrf_text': str(chrf_score),
           'bleu_signature': str(bleu.get_signature()),
           'chrf_signature': str(chrf.get_signature())}
+
+
+class NonFiniteScores(cli.UserError):
+  """Beam search found no hypothesis with a finite score: the parameters, not the input."""
 
 
 def bucket_length(num_tokens: int, max_len: int) -> int:
@@ -244,6 +249,10 @@ class BatchTranslator:
       for row, i in enumerate(chunk):
         outputs[i] = [(_strip(t, self._tokenizer.eos_id), float(s))
                       for t, s in zip(tokens[row], scores[row]) if s > -np.inf]
+        if not outputs[i]:  # Every hypothesis scored NaN or -inf: the model's, not the input's.
+          raise NonFiniteScores(
+              f'Every hypothesis for source {i + 1} of {len(sources)} scores NaN or -inf: these '
+              'parameters do not translate (a run that diverged?). Decode another --checkpoint.')
       start += len(chunk)
     return outputs
 

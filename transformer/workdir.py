@@ -252,8 +252,9 @@ class Workdir:
       os.replace(vocabulary + '.tmp', vocabulary)
     record = config_utils.to_dict(config)
     record[_VOCABULARY_KEY] = {'file': VOCABULARY, 'fingerprint': fingerprint}
-    _write_json(self._file(CONFIG), record)
-    self._record = _UNREAD
+    if record != self._read_record():  # A resumed run rewrites nothing it already holds.
+      _write_json(self._file(CONFIG), record)
+      self._record = _UNREAD
 
   def saved_steps(self, which: str = CHECKPOINTS) -> list[int]:
     """Steps saved in checkpoints/ or best/ (`which`), read without writing anything."""
