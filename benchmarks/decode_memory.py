@@ -3,15 +3,17 @@ r"""Peak memory of decoding a Transformer-base run folder: parameters only vs th
   python -m benchmarks.decode_memory [--runs=2] [--sentences=16]
 
 Makes a run folder of Transformer-base (configs/baseline.py: 52 M parameters, 16k joint
-vocabulary) on the embedded Bible, with one checkpoint of its initial training state (the
-parameters and Adam's two moments, as training saves it), then decodes the same test
+vocabulary) on the embedded Bible, with one checkpoint of a training state (random
+parameters and dense Adam moments, as training saves them), then decodes the same test
 sentences in fresh processes two ways, one after the other:
 
   params only   decode.py, which restores the parameters alone (orbax partial restore)
   whole state   the whole TrainState restored, as decode.py did before, then the same search
 
-and prints each process's peak resident memory (ru_maxrss), `--runs` times each, with the
-machine. The weights are untrained: memory does not depend on their values.
+and prints each process's peak resident memory (VmHWM, Linux), `--runs` times each, with the
+machine; also of processes that only load (the same two ways), which isolates what the
+restore holds from what compiling and running the search takes. Memory does not depend on
+the weights' values, but it does on whether pages are written, hence dense moments.
 """
 
 import os
@@ -29,11 +31,16 @@ _SENTENCES = flags.DEFINE_integer('sentences', 16, 'Test sentences decoded.', lo
 _FOLDER = flags.DEFINE_string('folder', None, 'Where the run folder goes (default: a temporary '
                               'one, removed afterwards).')
 
-# Runs a script as __main__ and writes its peak resident memory (KiB) to the file in $PEAK.
+# Runs a script as __main__ and writes its peak resident memory (KiB) to the file in $PEAK:
+# Linux's VmHWM, this program's own high-water mark (ru_maxrss would start from the parent's
+# at the fork, which here holds a Transformer-base of its own).
 _MEASURED = r"""
-import atexit, os, resource, runpy, sys
-atexit.register(lambda: open(os.environ['PEAK'], 'w').write(
-    str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+import atexit, os, runpy, sys
+def peak():
+  for line in open('/proc/self/status'):
+    if line.startswith('VmHWM:'):
+      open(os.environ['PEAK'], 'w').write(line.split()[1])
+atexit.register(peak)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
@@ -51,6 +58,8 @@ with ocp.CheckpointManager(run.path + '/' + workdir.CHECKPOINTS, item_names=('st
   state = manager.restore(manager.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore(steps.abstract_state(config)))).state
 variables = steps.model_variables(state)
+if len(sys.argv) < 3:
+  sys.exit(0)  # Loading only.
 lines = open(sys.argv[2], encoding='utf-8').read().splitlines()
 search = inference.search_config(config)
 batch = translator.BatchTranslator(inference.models.make_model(config), run.tokenizer(),
@@ -62,6 +71,8 @@ print('\n'.join(batch.translate(variables, lines, search)))
 def _make_run_folder(folder: str) -> tuple[str, str]:
   """A Transformer-base run folder with one checkpoint of its initial state; the source file."""
   import grain  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import base  # pylint: disable=g-import-not-at-top
   from transformer import datasets  # pylint: disable=g-import-not-at-top
   from transformer import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -76,6 +87,11 @@ def _make_run_folder(folder: str) -> tuple[str, str]:
   run = workdir.Workdir(os.path.join(folder, 'run'))
   run.start(config, tokenizer)
   state = steps.compile_steps(config, sharding.make_mesh()).init()
+  # Adam's moments start at zero, which storage and memory both get for free (untouched
+  # pages); a trained run's are dense, so they are filled here.
+  state = state.replace(opt_state=jax.tree.map(
+      lambda x: jnp.full_like(x, 1e-3) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      state.opt_state))
   checkpointer = run.checkpointer(1)
   checkpointer.save(0, state, iter(grain.MapDataset.range(1).to_iter_dataset()))
   checkpointer.wait_until_finished()
@@ -93,7 +109,7 @@ def _peak_mib(script: list[str], folder: str) -> float:
   subprocess.run([sys.executable, '-c', _MEASURED, *script], check=True, capture_output=True,
                  env={**os.environ, 'PEAK': peak})
   with open(peak) as f:
-    return int(f.read()) / 1024  # Linux reports ru_maxrss in KiB.
+    return int(f.read()) / 1024  # VmHWM is in KiB.
 
 
 def main(argv):
@@ -105,10 +121,16 @@ def main(argv):
     whole = os.path.join(folder, 'whole_state.py')
     with open(whole, 'w') as f:
       f.write(_WHOLE_STATE)
+    load_only = os.path.join(folder, 'load_only.py')
+    with open(load_only, 'w') as f:
+      f.write('import sys\nfrom transformer import inference\n'
+              "inference.load_trained(sys.argv[1], 'latest')\n")
     kinds = {
-        'params only (decode.py)': [os.path.join(root, 'decode.py'), f'--workdir={run}',
-                                    f'--input={source}', '--checkpoint=latest'],
-        'whole state (before)': [whole, run, source],
+        'load: params only (inference.load_trained)': [load_only, run],
+        'load: whole state (before)': [whole, run],
+        'decode: params only (decode.py)': [os.path.join(root, 'decode.py'), f'--workdir={run}',
+                                            f'--input={source}', '--checkpoint=latest'],
+        'decode: whole state (before)': [whole, run, source],
     }
     peaks = {name: [] for name in kinds}
     for _ in range(_RUNS.value):
