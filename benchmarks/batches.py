@@ -6,7 +6,7 @@ from transformer import input_pipeline
 from transformer import sharding
 from transformer import steps
 
-# The reference figure's batches (issue 7): 64 rows of 64 source and 64 target tokens.
+# The reference figure's batches: 64 rows of 64 source and 64 target tokens.
 FIXED_ROWS, FIXED_LENGTH = 64, 64
 
 

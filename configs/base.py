@@ -117,8 +117,8 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
 def _make_small(config: ml_collections.ConfigDict) -> None:
   """The embedded Bible corpus and a model that trains in ~10 minutes on 2 CPU cores.
 
-  The architecture is the same, only narrower and shallower; the study runs it for 400
-  steps a variant (README, "The study") so that ten variants fit a working session.
+  The architecture is the same, only narrower and shallower; the study sets its own budget
+  and data subset on top (transformer/study.py, REGIMES).
   """
   config.dataset_name = 'bible_fr_en'
   config.vocab_size = 4_000

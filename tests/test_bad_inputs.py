@@ -3,8 +3,9 @@
 Entries tested elsewhere: a missing IWSLT archive (test_datasets.py,
 test_iwslt_missing_archive_says_what_to_put_where), a vocabulary of another corpus
 (test_tokenizer.py, test_model_for_other_data_is_an_error), a single NaN step skipped and
-counted (test_train.py, test_nonfinite_step_is_skipped_and_counted), and the decode-side
-entries, empty, non-UTF-8 or over-long input (test_decode.py).
+counted (test_training.py, test_nonfinite_step_is_skipped_and_counted), the decode-side
+entries, empty, non-UTF-8 or over-long input (test_inference.py), and the run folder's own
+checks (test_workdir.py).
 """
 
 import glob
@@ -247,7 +248,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(unbroken, tmp_path):
   assert_same_run(unbroken, workdir)
 
 
-# --- The bad-input tour (issue 17): each refused before any write, the workdir unchanged. ---
+# --- Bad inputs: each refused before any write, the workdir unchanged. ---
 
 
 def tree(workdir):

@@ -66,7 +66,7 @@ _SUBSET_SEED = 20_170_612
 class Data:
   """A run's data, read and tokenized once, before the first step.
 
-  `train`: the tokenized training pairs that fit their rows (train_examples). `eval_batches`:
+  `train`: the tokenized training pairs that fit their rows (eos included). `eval_batches`:
   the packed batches of each split the loss is evaluated on ('validation', and 'train' for
   the generalization gap), this process's share. `validation`: the (fr, en) pairs that
   validation BLEU decodes.
@@ -159,7 +159,7 @@ def _check_batch_size(config: ml_collections.ConfigDict, process_count: int) -> 
   rows = micro_batch_rows(config)
   if rows % process_count:
     raise cli.UserError(f'{rows} rows per micro-batch are not divisible by the '
-                     f'{process_count} processes.')
+                        f'{process_count} processes.')
   return rows // process_count
 
 

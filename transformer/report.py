@@ -21,7 +21,7 @@ from transformer import significance
 from transformer import workdir as workdir_lib
 
 # The baseline has begun to over-fit when its best validation loss comes before this
-# fraction of its budget (issue 18's requirement for a regime where regularizers can act).
+# fraction of its budget: a regime where regularizers have something to act on.
 OVERFIT_BEFORE = 0.75
 # A grid run that kept finite losses but translates nothing: below this test BLEU it emits the
 # same few strings whatever the source (the failure of post-LN without warm-up, Xiong et al.

@@ -41,10 +41,10 @@ from transformer.datasets import iwslt2017_fr_en
 STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero',
                   'no_dropout', 'strong_dropout', 'label_smoothing', 'r_drop')
 # The regime every run of a scale trains in, under any --config overrides. Small: the
-# baseline must begin to over-fit, or a regularizer can only slow training (issue 18). A
-# fixed subset of 2,000 Bible pairs (43 steps an epoch) for 1,000 steps, 23 epochs: a pilot
-# of the baseline (README, "Results") had its best validation loss at step 600, before the
-# last quarter; the report's "The regime" checks it again on every seed of the study.
+# baseline must begin to over-fit, or a regularizer can only slow training. A fixed subset
+# of 2,000 Bible pairs (43 steps an epoch) for 1,000 steps, 23 epochs: a pilot of the
+# baseline had its best validation loss at step 600, before the last quarter; the report's
+# "The regime" checks it again on every seed of the study.
 # Full: IWSLT2017's 50 epochs, the experiment as designed.
 REGIMES = {
     'small': {'max_train_pairs': 2000, 'num_train_steps': 1000, 'eval_every_steps': 100},
