@@ -90,3 +90,14 @@ def test_the_check_sees_a_joined_run_file(tmp_path):
   probe = tmp_path / 'probe.py'
   probe.write_text("import os\npath = os.path.join('w', 'metrics.jsonl')\n")
   assert 'metrics.jsonl' in string_constants(probe)
+
+
+def test_the_report_reads_run_folders_without_jax():
+  """workdir.py loads orbax (and JAX) only with a checkpoint: the report never needs them."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  loaded = subprocess.run(
+      [sys.executable, '-c', 'import sys, transformer.report; '
+       "print(sorted({'jax', 'orbax', 'flax'} & {m.split('.')[0] for m in sys.modules}))"],
+      cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+  assert loaded == '[]'
