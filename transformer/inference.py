@@ -95,13 +95,13 @@ class Loaded(NamedTuple):
   checkpoint: str  # What was restored, in words: 'the best checkpoint (step 1200)'.
 
 
-def load_trained(workdir: str, checkpoint: str = 'best') -> Loaded:
+def load_trained(workdir: str | workdir_lib.Workdir, checkpoint: str = 'best') -> Loaded:
   """A trained run folder's config, vocabulary, model and variables (nothing else).
 
   Only the parameters and BatchNorm statistics are read from the checkpoint (orbax partial
   restore), not Adam's moments: a third of a training state's memory.
   """
-  run = workdir_lib.Workdir(workdir)
+  run = workdir if isinstance(workdir, workdir_lib.Workdir) else workdir_lib.Workdir(workdir)
   config = run.config()
   tokenizer = _tokenizer(run)
   model = models.make_model(config)
@@ -178,9 +178,12 @@ def check_ensemble(workdirs: Sequence[str]) -> None:
   Compared by content (tokenizer.fingerprint), not by file bytes: the same vocabulary
   prepared twice once differed in the temporary folder it recorded.
   """
-  if not workdirs:
+  _check_vocabularies([workdir_lib.Workdir(path) for path in workdirs])
+
+
+def _check_vocabularies(runs: Sequence[workdir_lib.Workdir]) -> None:
+  if not runs:
     raise InputError('Give --workdir (repeated for an ensemble) or --ensemble=DIR,DIR.')
-  runs = [workdir_lib.Workdir(path) for path in workdirs]
   prints = [tokenizer_lib.fingerprint(_tokenizer(run).model_path) for run in runs]
   for run, fingerprint in zip(runs[1:], prints[1:]):
     if fingerprint != prints[0]:
@@ -192,7 +195,7 @@ def check_ensemble(workdirs: Sequence[str]) -> None:
 def load_ensemble(runs: Sequence[workdir_lib.Workdir], checkpoint: str = 'best'):
   """(config, tokenizer, models, variables, steps, what was restored): the first run's config
   and tokenizer; check_ensemble has made sure the members share a vocabulary."""
-  loaded = [load_trained(run.path, checkpoint) for run in runs]
+  loaded = [load_trained(run, checkpoint) for run in runs]
   return (loaded[0].config, loaded[0].tokenizer, [m.model for m in loaded],
           [m.variables for m in loaded], [m.step for m in loaded],
           [m.checkpoint for m in loaded])
@@ -393,7 +396,7 @@ def decode(workdir, *, checkpoint: str = 'best', split: Optional[str] = None,
   runs = [workdir_lib.Workdir(path) for path in _workdirs(workdir)]
   check_paths(input_path, output_path, reference_paths, runs)
   # Everything the flags and config.json can tell is checked before a checkpoint loads.
-  check_ensemble([run.path for run in runs])
+  _check_vocabularies(runs)
   config = runs[0].config()
   for run in runs:
     _check_max_decode_len(models.ModelConfig.from_config(run.config().model), max_decode_len)
@@ -478,7 +481,7 @@ def score(workdir, *, input_path: str, reference_path: str, checkpoint: str = 'b
   workdir_lib.check_checkpoint_choice(checkpoint)
   runs = [workdir_lib.Workdir(path) for path in _workdirs(workdir)]
   check_paths(input_path, output_path, [reference_path], runs)
-  check_ensemble([run.path for run in runs])
+  _check_vocabularies(runs)
   sources, references = read_lines(input_path), read_lines(reference_path)
   _check_reference_lengths([reference_path], [references], len(sources))
   config, tokenizer, model, variables, step, _ = load_ensemble(runs, checkpoint)

@@ -338,9 +338,7 @@ class Workdir:
     return self._file(f'{HYPOTHESES_PREFIX}{suffix}.en')
 
   def write_hypotheses(self, checkpoint: str, lines: list[str]) -> None:
-    with open(self.hypotheses_path(checkpoint) + '.tmp', 'w', encoding='utf-8') as f:
-      f.write(''.join(line + '\n' for line in lines))
-    os.replace(self.hypotheses_path(checkpoint) + '.tmp', self.hypotheses_path(checkpoint))
+    _write_atomically(self.hypotheses_path(checkpoint), ''.join(line + '\n' for line in lines))
 
 
 def check_checkpoint_choice(which: str) -> int:
@@ -369,9 +367,13 @@ def _same_vocabulary(path: str, recorded: dict) -> bool:
 
 
 def _write_json(path: str, value: Any) -> None:
+  _write_atomically(path, json.dumps(value, indent=2, sort_keys=True))
+
+
+def _write_atomically(path: str, text: str) -> None:
   """By rename, so that a kill mid-write leaves the old file or the new, never half of one."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
   os.replace(path + '.tmp', path)
 
 
