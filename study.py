@@ -24,6 +24,8 @@ _NO_LR_GRID = flags.DEFINE_bool('no_lr_grid', False, 'Skip the learning-rate gri
 _NO_LEARNER = flags.DEFINE_bool('no_learner', False, "Skip the learner section's runs.")
 _PARALLEL_RUNS = flags.DEFINE_integer('parallel_runs', 1, 'Runs that train at once, each in '
                                       'its own process.', lower_bound=1)
+_PILOT = flags.DEFINE_bool('pilot', False, "Train only the pilot's runs (study.PILOT_RUNS), "
+                           'which choose the regime.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print every run's budget, FLOPs and estimated "
                              'GPU time; train nothing.')
 # Only the fields given on the command line are applied to every run (each variant keeps
@@ -44,6 +46,9 @@ def main(argv):
     return
   if not _EXPERIMENT_DIR.value:
     raise cli.UserError('--experiment_dir is required (except with --dry_run).')
+  if _PILOT.value:
+    study.run_pilot(_SCALE.value, _EXPERIMENT_DIR.value, parallel_runs=_PARALLEL_RUNS.value)
+    return
   path = study.run_study(_SCALE.value, _EXPERIMENT_DIR.value, **runs,
                          parallel_runs=_PARALLEL_RUNS.value)
   logging.info('Report written to %s', path)
