@@ -19,14 +19,14 @@ from absl import app
 from absl import flags
 
 from benchmarks import machine
-from transformer import study
+from transformer import study_plan
 
 _STEPS = flags.DEFINE_integer('steps', 150, 'Training steps of each run.')
 _VARIANT = flags.DEFINE_string('variant', 'baseline', 'Variant in configs/.')
 
 
 def _command(workdir: str) -> list[str]:
-  overrides = {**study.REGIMES['small'], 'num_train_steps': _STEPS.value,
+  overrides = {**study_plan.REGIMES['small'], 'num_train_steps': _STEPS.value,
                'eval_every_steps': max(1, _STEPS.value // 3)}
   return [sys.executable, 'train.py', f'--config=configs/{_VARIANT.value}.py:small',
           f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items())]

@@ -10,7 +10,7 @@ from configs import base
 
 
 def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
-  """Returns this variant at `scale` ('full' or 'small')."""
+  """Returns this variant at `scale` (one of base.SCALES)."""
   config = base.get_config(scale)
   config.model.norm = 'batch_norm'
   return config

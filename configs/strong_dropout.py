@@ -1,7 +1,9 @@
-"""Strong dropout: residual 0.3, attention 0.1, activation 0.1.
+"""Strong dropout: residual dropout 0.3 instead of 0.1, nothing else.
 
 The fairseq IWSLT14 de-en recipe (transformer_iwslt_de_en, Ott et al. 2019, arXiv:1904.01038)
-uses 0.3 for this data size; tests whether heavier regularization pays off on IWSLT.
+uses 0.3 for this data size, and Sennrich & Zhang (2019) find more dropout pays off on small
+corpora. Only the residual rate changes (that recipe also adds attention and activation
+dropout), so that a difference to the baseline has one cause.
 """
 
 import ml_collections
@@ -10,9 +12,7 @@ from configs import base
 
 
 def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
-  """Returns this variant at `scale` ('full' or 'small')."""
+  """Returns this variant at `scale` (one of base.SCALES)."""
   config = base.get_config(scale)
   config.model.dropout_rate = 0.3
-  config.model.attention_dropout_rate = 0.1
-  config.model.activation_dropout_rate = 0.1
   return config

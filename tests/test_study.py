@@ -1,15 +1,17 @@
 """The study command end to end at tiny size: its report's table is read back from the runs."""
 
 import json
-import math
 import os
 import re
 import signal
+import time
+import types
 
 import pytest
 
 import conftest
 from transformer import study
+from transformer import study_plan
 from transformer import workdir as workdir_lib
 
 TINY = {**conftest.TINY, 'num_train_steps': 4, 'warmup_steps': 2, 'eval_every_steps': 2,
@@ -37,9 +39,10 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   monkeypatch.setattr(datasets, 'load_pairs',
                       lambda config, split: real_load_pairs(config, split)[:8]
                       if split == 'test' else real_load_pairs(config, split))
-  overrides = {**TINY, 'data_dir': bible_config.data_dir}
-  path = study.run_study('small', str(tmp_path), variants=['baseline', 'pre_ln'],
-                         lr_grid=False, learner=False, overrides=overrides)
+  plan = study.Study('small', str(tmp_path), variants=['baseline', 'pre_ln'], seeds=1,
+                     more_seeds=1, lr_grid=False, learner=False, reruns=False,
+                     overrides={**TINY, 'data_dir': bible_config.data_dir})
+  path = study.run_study(plan)
   with open(path) as f:
     report = f.read()
   rows = table_rows(report)
@@ -65,8 +68,7 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
 
   # Run again: every run is finished, so nothing trains and the report is the same.
   mtime = os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl'))
-  again = study.run_study('small', str(tmp_path), variants=['baseline', 'pre_ln'],
-                          lr_grid=False, learner=False, overrides=overrides)
+  again = study.run_study(plan)
   assert os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl')) == mtime
   with open(again) as f:
     assert table_rows(f.read()) == rows
@@ -137,29 +139,132 @@ def test_a_run_stopped_by_sigterm_is_saved_not_finished(bible_config, tmp_path, 
   assert workdir_lib.Workdir(workdir).saved_steps() == [2]
 
 
-def test_run_configs_regime_seeds_learner_runs_and_grid():
-  runs = study.run_configs('small', seeds=3, overrides={'eval_batch_size': 8})
-  variants = [f'{name}/seed_{s}' for s in range(3) for name in study.STUDY_VARIANTS]
+def test_planned_runs_regime_grid_seeds_learner_and_reruns():
+  plan = study.Study('small', seeds=3, overrides={'eval_batch_size': 8})
+  runs = plan.planned()
+  variants = [f'{name}/seed_{s}' for s in range(3) for name in study_plan.STUDY_VARIANTS]
   grid = [k for k in runs if k.startswith('lr_grid/')]
-  assert [k for k in runs if not k.startswith(('lr_grid/', 'learner/'))] == variants
-  assert list(runs).index('learner/all_pairs/seed_0') < list(runs).index('baseline/seed_1')
+  assert [k for k in runs if not k.startswith(('lr_grid/', 'learner/', 'rerun/'))] == variants
+  assert list(runs)[:len(grid)] == grid  # The grid first: it sets the seeds' rates.
   for name in variants:
     config = runs[name]
     assert config.seed == int(name[-1]) and config.eval_batch_size == 8
-    for field, value in study.REGIMES['small'].items():
-      assert config[field] == value  # Every variant: the same data and budget in steps.
+    for field, value in study_plan.REGIMES['small'].items():
+      assert config[field] == value  # Every variant: the same data, budget and stopping rule.
   assert runs['learner/no_positions/seed_0'].model.positions == 'none'
-  assert runs['learner/all_pairs/seed_0'].max_train_pairs == 0
-  assert len(grid) == len(study.LR_GRID_VARIANTS) * len(study.LR_GRID_FACTORS) * 2
-  rates = {}
+  for variant, seed in study_plan.RERUNS:
+    rerun = runs[f'rerun/{variant}/seed_{seed}']
+    assert rerun.to_dict() == runs[f'{variant}/seed_{seed}'].to_dict()
+  assert len(grid) == len(study_plan.NORM_VARIANTS) * len(study_plan.LR_FACTORS)
   for name in grid:
-    config = runs[name]
-    variant = name.split('/')[1].split('_lr')[0]
-    assert config.num_train_steps == study.REGIMES['small']['num_train_steps'] // 4
-    assert config.eval_every_steps == config.num_train_steps  # One evaluation, at the end.
-    assert (config.warmup_steps == 0) == name.endswith('_no_warmup/seed_0')
-    rates.setdefault(variant, set()).add(config.learning_rate)
-  for variant, found in rates.items():
-    assert max(found) / min(found) >= 8 and len(found) >= 4, variant
-  # Full scale trains on every pair already: its all-pairs run would repeat the baseline.
-  assert not any(k.startswith('learner/all_pairs') for k in study.run_configs('full'))
+    config, variant = runs[name], name.split('/')[1].split('_lr')[0]
+    factor = float(name.split('_lr')[1].split('x')[0])
+    assert config.learning_rate == pytest.approx(runs[f'{variant}/seed_0'].learning_rate * factor)
+    assert config.num_train_steps == study_plan.REGIMES['small']['num_train_steps'] // 4
+    assert config.patience == 0 and config.warmup_steps == runs[f'{variant}/seed_0'].warmup_steps
+
+
+def _finish(run_dir, *, bleu, split='test', hypotheses=None, diverged=False):
+  """A run folder as a finished run leaves it: result, and its translations."""
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, workdir_lib.RESULT), 'w') as f:
+    json.dump({'code_version': 'code-test', 'diverged': diverged, 'bleu': bleu,
+               'split': split}, f)
+  if hypotheses is not None:
+    with open(os.path.join(run_dir, f'{split}_hypotheses.en'), 'w') as f:
+      f.write(''.join(h + '\n' for h in hypotheses))
+
+
+def test_each_norm_variant_takes_its_grids_best_rate_that_uses_the_source(tmp_path):
+  references = [f'and the man {i} went to the city of {i * 3}' for i in range(40)]
+  (tmp_path / workdir_lib.ExperimentDir.VALIDATION_REFERENCES).write_text(
+      ''.join(r + '\n' for r in references))
+  constant = ['and the man went to the city'] * 40  # The best BLEU, and ignores the source.
+  partial = [r.rsplit(' ', 2)[0] for r in references]
+  exact = list(references)
+  points = {'baseline': {0.5: partial, 1.0: exact, 2.0: 'diverged'},
+            'pre_ln': {0.5: exact, 1.0: constant, 2.0: exact}}
+  for variant, by_factor in points.items():
+    for factor, hypotheses in by_factor.items():
+      run_dir = tmp_path / study_plan.grid_name(variant, factor) / 'seed_0'
+      if hypotheses == 'diverged':
+        _finish(run_dir, bleu=0.0, diverged=True, split='validation')
+      else:
+        from sacrebleu import corpus_bleu  # pylint: disable=g-import-not-at-top
+        _finish(run_dir, bleu=corpus_bleu(hypotheses, [references]).score, split='validation',
+                hypotheses=hypotheses)
+  plan = study.Study('small', str(tmp_path), variants=['baseline', 'pre_ln', 'no_dropout'])
+  assert plan.factor('baseline') == 1.0
+  # 0.5 and 2.0 tie (ties go to the smaller rate); 1.0 emits one string whatever the source.
+  assert plan.factor('pre_ln') == 0.5
+  assert plan.factor('no_dropout') == 1.0  # The baseline's network, the baseline's rate.
+  rates = {name: config.learning_rate for name, config in plan.seed_configs(
+      {'baseline': 1, 'pre_ln': 1, 'no_dropout': 1}).items()}
+  configured = plan.config('pre_ln').learning_rate
+  assert rates['pre_ln/seed_0'] == pytest.approx(configured * 0.5)
+  assert rates['baseline/seed_0'] == rates['no_dropout/seed_0'] == pytest.approx(configured)
+
+
+def test_a_grid_where_no_rate_uses_the_source_falls_back_to_the_configured_rate(tmp_path):
+  references = [f'line {i} of the text' for i in range(20)]
+  (tmp_path / workdir_lib.ExperimentDir.VALIDATION_REFERENCES).write_text(
+      ''.join(r + '\n' for r in references))
+  for factor in study_plan.LR_FACTORS:
+    _finish(tmp_path / study_plan.grid_name('baseline', factor) / 'seed_0', bleu=1.0,
+            split='validation', hypotheses=['line of the text'] * 20)
+  assert study.Study('small', str(tmp_path), variants=['baseline']).factor('baseline') == 1.0
+
+
+def test_variants_close_to_the_baseline_get_more_seeds_and_so_does_the_baseline(tmp_path):
+  bleus = {'baseline': [5.0, 5.2, 4.8], 'pre_ln': [5.5, 5.9, 5.6], 'rms_norm': [7.0, 6.5, 6.8],
+           'rezero': [5.0, 5.1]}  # rezero's third seed is unfinished: 3 for now.
+  for variant, values in bleus.items():
+    for seed, bleu in enumerate(values):
+      _finish(tmp_path / variant / f'seed_{seed}', bleu=bleu)
+  plan = study.Study('small', str(tmp_path), variants=list(bleus), seeds=3, more_seeds=5)
+  assert plan.seeds_of() == {'baseline': 5, 'pre_ln': 5, 'rms_norm': 3, 'rezero': 3}
+  assert study_plan.seeds_needed([5.0, 5.2, 4.8], [5.9, 6.2, 5.8]) == 5  # |diff| 0.97
+  assert study_plan.seeds_needed([5.0, 5.2, 4.8], [6.0, 6.2, 5.8]) == 3  # |diff| exactly 1.0
+
+
+def test_max_minutes_saves_and_the_same_call_resumes_to_the_end(bible_config, tmp_path,
+                                                                 monkeypatch):
+  """The clock jumps past --max_minutes after the step-2 checkpoint: the run saves and the
+  study returns None with no result written; called again, it trains steps 3-4 and reports."""
+  from transformer import checkpoints, datasets, training  # pylint: disable=g-import-not-at-top
+  real_load_pairs = datasets.load_pairs
+  monkeypatch.setattr(datasets, 'load_pairs', lambda config, split: real_load_pairs(
+      config, split)[:8] if split in ('test', 'validation') else real_load_pairs(config, split))
+  clock = [time.time()]
+  fake_time = types.SimpleNamespace(time=lambda: clock[0], perf_counter=time.perf_counter)
+  monkeypatch.setattr(training, 'time', fake_time)
+  monkeypatch.setattr(study, 'time', fake_time)
+  real_save = checkpoints.Checkpointer.save
+
+  def save_then_jump(self, step, *args):
+    real_save(self, step, *args)
+    if step == 2:
+      clock[0] += 3600
+
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', save_then_jump)
+  plan = study.Study('small', str(tmp_path), variants=['baseline'], seeds=1, more_seeds=1,
+                     lr_grid=False, learner=False, reruns=False,
+                     overrides={**TINY, 'data_dir': bible_config.data_dir})
+  assert study.run_study(plan, max_minutes=30) is None
+  run = workdir_lib.ExperimentDir(str(tmp_path)).run('baseline')
+  assert run.saved_steps() == [2] and run.result() is None
+  monkeypatch.setattr(checkpoints.Checkpointer, 'save', real_save)
+  assert study.run_study(plan, max_minutes=30) is not None
+  assert run.result()['num_train_steps'] == 4 and run.saved_steps()[-1] == 4
+  assert [r['step'] for r in run.metrics() if 'train/loss' in r] == [1, 2, 3, 4]
+  assert os.path.exists(run.hypotheses_path())
+
+
+def test_pilot_runs_are_the_baseline_under_the_stopping_rule():
+  runs = study.pilot_configs('small')
+  assert list(runs) == [f'{name}/seed_0' for name in study_plan.PILOT_RUNS]
+  for name, config in runs.items():
+    for field, value in {**study_plan.PILOT_RULE,
+                         **study_plan.PILOT_RUNS[name.rsplit('/', 1)[0]]}.items():
+      assert config[field] == value
+    assert config.model.norm == 'layer_norm' and config.model.norm_position == 'post'

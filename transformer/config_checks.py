@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from configs import base
 from transformer import cli
 from transformer import config_utils
 from transformer import models
@@ -54,7 +55,7 @@ _BETA = _number(0, 1, high_open=True)
 # Field -> (test, what a good value is). The model's shape rules (head split) are checked by
 # building the model and the schedule below.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    'scale': _one_of('full', 'small'),
+    'scale': _one_of(*base.SCALES),
     'dataset_name': _one_of(*DATASETS),
     'data_dir': _folder_or_empty(),
     'manual_dir': _folder_or_empty(),

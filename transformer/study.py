@@ -1,11 +1,12 @@
 """The study: train every variant in configs/, decode each on the test split, write a report.
 
-Each run lives in `<experiment_dir>/<variant>/seed_<n>/`; an unfinished run resumes and a
-finished one is skipped, so the study can be re-run after any interruption. Every run
-trains in its scale's REGIMES entry; the learning-rate grid's runs live in
-`<experiment_dir>/lr_grid/`. The report, `<experiment_dir>/REPORT.md`, and its plots are
-computed from the files the runs wrote (metrics.jsonl, test_result.json, the hypotheses).
-The entry point is the top-level study.py.
+The stages and the rules between them are data in study_plan.py: the learning-rate grid
+(`<experiment_dir>/lr_grid/`), then every variant's seeds at the rate its grid chose
+(`<experiment_dir>/<variant>/seed_<n>/`), more seeds where a difference is small, the
+same-seed reruns and the learner's runs. An unfinished run resumes and a finished one is
+skipped, so the study can be re-run after any interruption, or stopped on purpose with
+--max_minutes. The report, `<experiment_dir>/REPORT.md`, and its plots are computed from the
+files the runs wrote. The entry point is the top-level study.py.
 """
 
 from concurrent import futures
@@ -30,54 +31,16 @@ from transformer import inference
 from transformer import input_pipeline
 from transformer import learner as learner_lib
 from transformer import models
+from transformer import output_stats
 from transformer import provenance
 from transformer import report
+from transformer import study_plan as plan_lib
 from transformer import training
 from transformer import translator as translator_lib
 from transformer import variants as variants_lib
 from transformer import workdir as workdir_lib
 from transformer.datasets import iwslt2017_fr_en
 
-STUDY_VARIANTS = ('baseline', 'pre_ln', 'rms_norm', 'batch_norm', 'deep_norm', 'rezero',
-                  'no_dropout', 'strong_dropout', 'label_smoothing', 'r_drop')
-# The regime every run of a scale trains in, under any --config overrides. Small: the
-# baseline must begin to over-fit, or a regularizer can only slow training. A fixed subset
-# of 2,000 Bible pairs (43 steps an epoch) for 1,000 steps, 23 epochs: a pilot of the
-# baseline had its best validation loss at step 600, before the last quarter; the report's
-# "The regime" checks it again on every seed of the study.
-# Full: IWSLT2017's 50 epochs, the experiment as designed.
-REGIMES = {
-    'small': {'max_train_pairs': 2000, 'num_train_steps': 1000, 'eval_every_steps': 100},
-    'full': {},
-}
-# Learning-rate sensitivity (Xiong et al. 2020; Liu et al. 2020): these variants at each
-# multiple of their own peak rate (8x from end to end), with and without warm-up, one seed,
-# a quarter of the study's budget: the difference between them shows early.
-LR_GRID_VARIANTS = ('baseline', 'pre_ln', 'deep_norm', 'rezero')
-LR_GRID_FACTORS = (0.5, 1.0, 2.0, 4.0)
-LR_GRID_STEPS_FRACTION = 0.25
-LR_GRID_DIR = 'lr_grid'
-# Runs for a learner's questions (report, "Questions a learner asks"), one seed in the
-# study's budget: without positional encodings (how is word order known?), and on every
-# training pair (a model that translates, whose attention maps mean something). A run that
-# would equal its variant (all pairs, at a scale that trains on all of them) is left out.
-LEARNER_RUNS = {
-    'learner/no_positions': ('baseline', {'model.positions': 'none'}),
-    'learner/all_pairs': ('baseline', {'max_train_pairs': 0}),
-}
-# The pilot: the baseline, seed 0, at candidate data sizes under the stopping rule the study
-# uses (rsqrt decay, which does not depend on the budget, and patience on validation BLEU,
-# the metric that picks the test checkpoint, under a maximum budget). Its curves choose
-# REGIMES['small']: the baseline's validation BLEU must peak before the last quarter of the
-# budget, and it must translate (test BLEU >= 8, few looping outputs).
-PILOT_RULE = {'lr_schedule': 'rsqrt', 'warmup_steps': 400, 'num_train_steps': 8000,
-              'eval_every_steps': 400, 'checkpoint_every_steps': 200, 'patience': 5,
-              'num_eval_bleu_sentences': 500}
-PILOT_RUNS = {
-    'pilot/pairs_3000': {'max_train_pairs': 3000},
-    'pilot/pairs_8000': {'max_train_pairs': 8000},
-    'pilot/pairs_all': {'max_train_pairs': 0},
-}
 # The plan's GPU: NVIDIA H200 SXM, 989 TFLOP/s dense bfloat16 (NVIDIA's data sheet; 1,979 is
 # with 2:4 sparsity). The MFU is an assumption, not a measurement: ~40% is what well-tuned
 # Transformer training reaches on Hopper; float32 runs use the TF32 peak, half of it.
@@ -94,21 +57,27 @@ TST2016_TARGET_TOKENS_PER_PAIR = 26.83
 def variant_names() -> list[str]:
   """Every variant file in configs/ (the study's ten first, then any extras)."""
   found = variants_lib.variant_names()
-  return ([n for n in STUDY_VARIANTS if n in found] +
-          [n for n in found if n not in STUDY_VARIANTS])
+  return ([n for n in plan_lib.STUDY_VARIANTS if n in found] +
+          [n for n in found if n not in plan_lib.STUDY_VARIANTS])
 
 
 class RunInterrupted(cli.UserError):
-  """A run stopped before its last step (SIGTERM or Ctrl-C): saved, not finished."""
+  """A run stopped before its last step (SIGTERM, Ctrl-C or --max_minutes): saved, unfinished."""
 
 
-def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) one run, then decodes its best checkpoint on the test split.
+class TimeUp(Exception):
+  """study.py --max_minutes ran out between runs or inside one; everything is saved."""
 
-  A finished run is skipped if this code trained it (provenance.code_version); one of
-  other code is refused, since the report could not put the two in one table. A run that
-  SIGTERM or Ctrl-C stopped short raises RunInterrupted and writes no result, so that the
-  next invocation resumes it instead of skipping it as finished.
+
+def run_one(config: ml_collections.ConfigDict, workdir: str, *, split: str = 'test',
+            stop_at: Optional[float] = None) -> dict:
+  """Trains (or resumes) one run, then decodes its best checkpoint on `split`.
+
+  A finished run is skipped if this code trained it (provenance.code_version) with this
+  config; one of other code or another config is refused, since the report could not put
+  the two in one table. A run stopped short (SIGTERM, Ctrl-C, or `stop_at`, a time.time())
+  raises RunInterrupted and writes no result, so that the next invocation resumes it instead
+  of skipping it as finished.
   """
   run = workdir_lib.Workdir(workdir)
   version = provenance.code_version()
@@ -120,25 +89,28 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f'{workdir} was finished by code {trained_by}, this checkout is {version}: one '
           'study holds runs of one code version. Give a new --experiment_dir (or move that '
           'run away to retrain it).')
-    if result.get('num_train_steps') == config.num_train_steps:
+    run.check_before_training(config)  # A finished run of another experiment is refused.
+    recorded = run.config()
+    if (config.num_train_steps in (0, recorded.num_train_steps) and
+        config.patience == recorded.patience):
       logging.info('%s is finished; skipping it.', workdir)
       return result
-  result = {'num_train_steps': config.num_train_steps, 'code_version': version,
-            'git_commit': provenance.git_commit()}
+  result = {'code_version': version, 'git_commit': provenance.git_commit(), 'split': split}
   started = time.perf_counter()
   try:
-    last_metrics = training.train_and_evaluate(config, workdir)
+    last_metrics = training.train_and_evaluate(config, workdir, stop_at=stop_at)
     result['diverged'] = False
     _check_finished(run, last_metrics)
   except training.NonFiniteLossError as e:
     logging.warning('%s diverged: %s', workdir, e)
     result['diverged'] = True
     result['error'] = str(e)
+  result['num_train_steps'] = run.config().num_train_steps
   result['train_seconds_this_invocation'] = time.perf_counter() - started
   if not result['diverged']:
-    result.update(_decode_test(config, run, 'best'))
+    result.update(_decode(config, run, 'best', split))
     if config.average_checkpoints:
-      result['average'] = _decode_test(config, run, f'average:{config.average_checkpoints}')
+      result['average'] = _decode(config, run, f'average:{config.average_checkpoints}', split)
   run.write_result(result)
   return result
 
@@ -156,20 +128,20 @@ def _check_finished(run: workdir_lib.Workdir, last_metrics: dict) -> None:
                          'same command again to resume it.')
 
 
-def _decode_test(config: ml_collections.ConfigDict, run: workdir_lib.Workdir,
-                 checkpoint: str) -> dict:
-  """Test BLEU/chrF of one checkpoint; for IWSLT also of each year tst2010 ... tst2015.
+def _decode(config: ml_collections.ConfigDict, run: workdir_lib.Workdir, checkpoint: str,
+            split: str) -> dict:
+  """BLEU/chrF of one checkpoint on `split`; for IWSLT's test split also of each year.
 
   The test split is the years concatenated in order, so each year is scored on its slice of
   the one decoding (the concatenation's score is not the mean of the years': BLEU pools
   n-gram counts).
   """
-  decoded = inference.decode(run.path, checkpoint=checkpoint, split='test',
+  decoded = inference.decode(run.path, checkpoint=checkpoint, split=split,
                              write_translations=False)
-  run.write_hypotheses(checkpoint, decoded['hypotheses'])
+  run.write_hypotheses(checkpoint, decoded['hypotheses'], split)
   result = {k: decoded[k] for k in (
       'bleu', 'chrf', 'bleu_signature', 'chrf_signature', 'beam_size', 'step')}
-  if config.dataset_name == 'iwslt2017_fr_en':
+  if config.dataset_name == 'iwslt2017_fr_en' and split == 'test':
     result['test_sets'], start = {}, 0
     for year in iwslt2017_fr_en.TEST_SETS:
       references = [en for _, en in datasets.load_pairs(config, year)]
@@ -180,144 +152,230 @@ def _decode_test(config: ml_collections.ConfigDict, run: workdir_lib.Workdir,
   return result
 
 
-def lr_grid_name(variant: str, factor: float, warmup: bool) -> str:
-  """'lr_grid/<variant>_lr<factor>x_warmup' (or '_no_warmup'): one point of the grid."""
-  return os.path.join(LR_GRID_DIR,
-                      f"{variant}_lr{factor:g}x_{'warmup' if warmup else 'no_warmup'}")
+class Study:
+  """One study's runs: the configs of each stage, and what finished runs decided.
 
-
-def run_configs(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None,
-                lr_grid: bool = True, learner: bool = True,
-                overrides: Optional[Mapping[str, Any]] = None
-                ) -> dict[str, ml_collections.ConfigDict]:
-  """{'<run>/seed_<n>': config} of every run, in training order: seed 0 of every variant,
-  the learner runs, seed 1, ..., then the grid (an interrupted study has whole seeds).
-
-  Each config is the variant's, then REGIMES[scale], then `overrides`. A grid point then
-  multiplies that learning rate by its factor (so an overridden rate moves the grid too),
-  sets its warm-up, and trains LR_GRID_STEPS_FRACTION of the budget, evaluated at its end.
+  Every config is the variant's, then study_plan.REGIMES[scale], then `overrides`, then what
+  the stage sets (seed, rate factor, grid budget).
   """
-  variants = list(variants or variant_names())
 
-  def config_of(variant: str, seed: int) -> ml_collections.ConfigDict:
-    config = variants_lib.get_variant(variant, scale)
-    config_utils.apply_overrides(config, {**REGIMES[scale], **(overrides or {})})
+  def __init__(self, scale: str, experiment_dir: str = '', *,
+               variants: Optional[Sequence[str]] = None, seeds: int = plan_lib.FIRST_SEEDS,
+               more_seeds: int = plan_lib.MORE_SEEDS, lr_grid: bool = True,
+               learner: bool = True, reruns: bool = True,
+               overrides: Optional[Mapping[str, Any]] = None):
+    self.scale, self.variants = scale, list(variants or variant_names())
+    self.seeds, self.more_seeds = seeds, max(seeds, more_seeds)
+    self.lr_grid, self.learner, self.reruns = lr_grid, learner, reruns
+    self.overrides = dict(overrides or {})
+    self.experiment = workdir_lib.ExperimentDir(experiment_dir) if experiment_dir else None
+
+  def config(self, variant: str, seed: int = 0, factor: float = 1.0,
+             changes: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+    config = variants_lib.get_variant(variant, self.scale)
+    config_utils.apply_overrides(config, {**plan_lib.REGIMES[self.scale], **self.overrides})
+    config_utils.apply_overrides(config, dict(changes or {}))
     config.seed = seed
+    config.learning_rate = config.learning_rate * factor
     return config
 
-  out = {}
-  for seed in range(seeds):
-    out.update({workdir_lib.run_name(name, seed): config_of(name, seed) for name in variants})
-    for name, (variant, changes) in LEARNER_RUNS.items() if learner and seed == 0 else ():
-      config = config_of(variant, 0)
-      unchanged = config_utils.to_dict(config)
-      config_utils.apply_overrides(config, changes)
-      if config_utils.to_dict(config) != unchanged:
-        out[workdir_lib.run_name(name)] = config
-  for variant in LR_GRID_VARIANTS if lr_grid else ():
-    for factor in LR_GRID_FACTORS:
-      for warmup in (True, False):
-        config = config_of(variant, 0)
-        grid = {'learning_rate': config.learning_rate * factor}
-        if not warmup:
-          grid['warmup_steps'] = 0
+  def grid_configs(self) -> dict[str, ml_collections.ConfigDict]:
+    """The grid: each norm variant studied at every factor, one seed, a short budget."""
+    out = {}
+    for variant in [v for v in self.variants if v in plan_lib.NORM_VARIANTS] if self.lr_grid else ():
+      for factor in plan_lib.LR_FACTORS:
+        config = self.config(variant, factor=factor)
+        grid = {'patience': 0}
         if config.num_train_steps:
-          steps = max(1, int(config.num_train_steps * LR_GRID_STEPS_FRACTION))
-          grid.update(num_train_steps=steps, eval_every_steps=steps)
+          grid['num_train_steps'] = max(1, int(config.num_train_steps * plan_lib.GRID_FRACTION))
         else:
-          grid['num_train_epochs'] = config.num_train_epochs * LR_GRID_STEPS_FRACTION
+          grid['num_train_epochs'] = config.num_train_epochs * plan_lib.GRID_FRACTION
         config_utils.apply_overrides(config, grid)
-        out[workdir_lib.run_name(lr_grid_name(variant, factor, warmup))] = config
-  return out
+        out[workdir_lib.run_name(plan_lib.grid_name(variant, factor))] = config
+    return out
+
+  def grid_point(self, variant: str, factor: float) -> Optional[dict]:
+    """What choose_factor reads of one grid run: None while it is unfinished."""
+    run = self.experiment.run(plan_lib.grid_name(variant, factor))
+    result = run.result()
+    if result is None:
+      return None
+    if result['diverged']:
+      return {'diverged': True}
+    references = _read_lines(self.experiment.file(self.experiment.VALIDATION_REFERENCES))
+    hypotheses = _read_lines(run.hypotheses_path(split=plan_lib.GRID_SPLIT))
+    return {'bleu': result['bleu'],
+            'uses_source': output_stats.source_use(hypotheses, references)['uses_source']}
+
+  def factor(self, variant: str) -> float:
+    """The rate factor `variant` trains at: its grid's choice (or the baseline's), else 1."""
+    owner = plan_lib.rate_variant(variant)
+    if not self.lr_grid or owner not in self.variants:
+      return 1.0
+    chosen = plan_lib.choose_factor({f: self.grid_point(owner, f) for f in plan_lib.LR_FACTORS})
+    if chosen is None:
+      logging.warning('No rate of the grid trained a %s model that uses the source (or the '
+                      'grid is unfinished); %s trains at its configured rate.', owner, variant)
+      return 1.0
+    return chosen
+
+  def seed_configs(self, seeds_of: Mapping[str, int]) -> dict[str, ml_collections.ConfigDict]:
+    """Each variant at its chosen rate, seeds 0 .. seeds_of[variant] - 1; then the learner's
+    runs and the same-seed reruns, which take the baseline's rate."""
+    factors = {v: self.factor(v) if self.experiment else 1.0 for v in self.variants}
+    out = {}
+    for seed in range(max(seeds_of.values(), default=0)):
+      for variant in self.variants:
+        if seed < seeds_of[variant]:
+          out[workdir_lib.run_name(variant, seed)] = self.config(variant, seed, factors[variant])
+    base = 'baseline' if 'baseline' in self.variants else None
+    for name, (variant, changes) in plan_lib.LEARNER_RUNS.items() if self.learner and base else ():
+      out[workdir_lib.run_name(name)] = self.config(variant, 0, factors[variant], changes)
+    for variant, seed in plan_lib.RERUNS if self.reruns else ():
+      if variant in self.variants and seed < seeds_of[variant]:
+        out[workdir_lib.run_name(plan_lib.rerun_name(variant), seed)] = self.config(
+            variant, seed, factors[variant])
+    return out
+
+  def seeds_of(self) -> dict[str, int]:
+    """Seeds per variant: the first seeds, more where the test BLEU is close to the baseline's
+    (study_plan.seeds_needed; the baseline then gets as many, for paired comparisons)."""
+    seeds = {v: self.seeds for v in self.variants}
+    if self.experiment is None or 'baseline' not in self.variants:
+      return seeds
+    bleus = lambda v: [r['bleu'] for _, run in self.experiment.seeds(v)
+                       if (r := run.result()) and not r['diverged']]
+    for variant in self.variants:
+      if variant != 'baseline':
+        seeds[variant] = plan_lib.seeds_needed(bleus(variant), bleus('baseline'),
+                                               first=self.seeds, more=self.more_seeds)
+    seeds['baseline'] = max(seeds.values())
+    return seeds
+
+  def planned(self) -> dict[str, ml_collections.ConfigDict]:
+    """Every run known before training: the grid, then the first seeds (rate factor 1)."""
+    return {**self.grid_configs(), **self.seed_configs({v: self.seeds for v in self.variants})}
+
+
+def _read_lines(path: str) -> list[str]:
+  with open(path) as f:
+    return f.read().splitlines()
 
 
 def pilot_configs(scale: str) -> dict[str, ml_collections.ConfigDict]:
   """{'pilot/<candidate>/seed_0': config}: the baseline under PILOT_RULE at each candidate."""
   out = {}
-  for name, changes in PILOT_RUNS.items():
+  for name, changes in plan_lib.PILOT_RUNS.items():
     config = variants_lib.get_variant('baseline', scale)
-    config_utils.apply_overrides(config, {**PILOT_RULE, **changes})
+    config_utils.apply_overrides(config, {**plan_lib.PILOT_RULE, **changes})
     out[workdir_lib.run_name(name)] = config
   return out
 
 
-def run_pilot(scale: str, experiment_dir: str, parallel_runs: int = 1) -> None:
+def run_pilot(scale: str, experiment_dir: str, parallel_runs: int = 1,
+              max_minutes: Optional[float] = None) -> None:
   """Trains (or resumes) the pilot's runs and decodes each on the test split."""
   experiment = workdir_lib.ExperimentDir(experiment_dir)
   experiment.check_not_a_run()
-  jobs = [(config, os.path.join(experiment.path, run))
-          for run, config in pilot_configs(scale).items()]
-  _run_jobs(jobs, parallel_runs)
+  _run_jobs([(config, os.path.join(experiment.path, run))
+             for run, config in pilot_configs(scale).items()], parallel_runs,
+            _deadline(max_minutes))
 
 
-def _run_jobs(jobs: Sequence[tuple[ml_collections.ConfigDict, str]], parallel_runs: int) -> None:
-  """run_one on each (config, workdir), `parallel_runs` at once, each in its own process."""
+def _deadline(max_minutes: Optional[float]) -> Optional[float]:
+  return None if max_minutes is None else time.time() + 60 * max_minutes
+
+
+def _run_jobs(jobs: Sequence[tuple[ml_collections.ConfigDict, str]], parallel_runs: int,
+              stop_at: Optional[float], split: str = 'test') -> None:
+  """run_one on each (config, workdir), `parallel_runs` at once, each in its own process.
+
+  Raises TimeUp once `stop_at` has passed: before a run starts, or when one was stopped by it.
+  """
   for config, _ in jobs:  # Every run's config is checked before the first trains.
     config_checks.validate(config)
-  if parallel_runs > 1:
+  run = functools.partial(_run_before_deadline, split=split, stop_at=stop_at)
+  if parallel_runs > 1 and len(jobs) > 1:
     # Built here once: runs starting together would each build the dataset and vocabulary.
     for data in {(c.dataset_name, c.data_dir, c.vocab_size): c for c, _ in jobs}.values():
       input_pipeline.prepare_vocabulary(data)
     context = multiprocessing.get_context('spawn')  # A forked JAX runtime is not safe.
     with futures.ProcessPoolExecutor(parallel_runs, mp_context=context) as pool:
-      for done in [pool.submit(run_one, *job) for job in jobs]:
-        done.result()
+      finished = [pool.submit(run, *job) for job in jobs]
+      results = [done.result() for done in finished]
   else:
-    for job in jobs:
-      run_one(*job)
+    results = [run(*job) for job in jobs]
+  if any(result is None for result in results):
+    raise TimeUp()
 
 
-def run_study(scale: str, experiment_dir: str, *, seeds: int = 1,
-              variants: Optional[Sequence[str]] = None, lr_grid: bool = True,
-              learner: bool = True, overrides: Optional[Mapping[str, Any]] = None,
-              parallel_runs: int = 1) -> str:
-  """Runs every (variant, seed) and the learning-rate grid; returns the path of REPORT.md.
+def _run_before_deadline(config: ml_collections.ConfigDict, workdir: str, *, split: str,
+                         stop_at: Optional[float]) -> Optional[dict]:
+  """run_one, or None when `stop_at` passed before it started or while it trained."""
+  if stop_at is not None and time.time() >= stop_at:
+    return None
+  try:
+    return run_one(config, workdir, split=split, stop_at=stop_at)
+  except RunInterrupted:
+    if stop_at is not None and time.time() >= stop_at:
+      return None
+    raise
+
+
+def run_study(study: Study, *, parallel_runs: int = 1,
+              max_minutes: Optional[float] = None) -> Optional[str]:
+  """Runs the study's stages (study_plan) and writes REPORT.md; returns its path, or None
+  when `max_minutes` ran out first (every run is saved: the same call resumes).
 
   With parallel_runs > 1, that many runs train at once, each in its own process: on the
   2-core CPU two runs at once give more steps an hour than one (benchmarks.concurrent_runs
   measures it), since one small step leaves cores idle between its ops.
   """
-  variants = list(variants or variant_names())
-  experiment = workdir_lib.ExperimentDir(experiment_dir)
+  experiment = study.experiment
   experiment.check_not_a_run()
-  runs = run_configs(scale, seeds=seeds, variants=variants, lr_grid=lr_grid,
-                     learner=learner, overrides=overrides)
-  _run_jobs([(config, os.path.join(experiment.path, run)) for run, config in runs.items()],
-            parallel_runs)
-  write_test_references(runs[workdir_lib.run_name(variants[0])], experiment)
-  if learner and 'baseline' in variants:
-    write_learner(experiment, variants)
-  return report.write_report(experiment_dir, variants=variants,
-                             lr_grid=[run.split(os.sep + workdir_lib.SEED_PREFIX)[0]
-                                      for run in runs if run.startswith(LR_GRID_DIR + os.sep)])
+  stop_at = _deadline(max_minutes)
+  first = study.config(study.variants[0])
+  write_references(first, experiment)
+  try:
+    _run_jobs(_jobs(experiment, study.grid_configs()), parallel_runs, stop_at,
+              split=plan_lib.GRID_SPLIT)
+    seeds = {v: study.seeds for v in study.variants}
+    _run_jobs(_jobs(experiment, study.seed_configs(seeds)), parallel_runs, stop_at)
+    _run_jobs(_jobs(experiment, study.seed_configs(study.seeds_of())), parallel_runs, stop_at)
+  except TimeUp:
+    logging.warning('--max_minutes=%g is up; every run is saved. Run the same command again '
+                    'to go on.', max_minutes)
+    return None
+  if study.learner and 'baseline' in study.variants:
+    write_learner(experiment, study.variants)
+  return report.write_report(experiment.path, variants=study.variants)
 
 
-def write_test_references(config: ml_collections.ConfigDict,
-                          experiment: workdir_lib.ExperimentDir) -> None:
-  """The test split's English side, one line a sentence: the report's bootstrap reads it."""
-  references = [en for _, en in datasets.load_pairs(config, 'test')]
+def _jobs(experiment: workdir_lib.ExperimentDir, configs: Mapping[str, ml_collections.ConfigDict]
+          ) -> list[tuple[ml_collections.ConfigDict, str]]:
+  return [(config, os.path.join(experiment.path, run)) for run, config in configs.items()]
+
+
+def write_references(config: ml_collections.ConfigDict,
+                     experiment: workdir_lib.ExperimentDir) -> None:
+  """The test and validation splits' English sides, one line a sentence: the report's
+  bootstrap and the grid's source-use check read them."""
   os.makedirs(experiment.path, exist_ok=True)
-  with open(experiment.file(experiment.REFERENCES), 'w') as f:
-    f.write(''.join(line + '\n' for line in references))
+  for split, name in (('test', experiment.REFERENCES),
+                      ('validation', experiment.VALIDATION_REFERENCES)):
+    references = [en for _, en in datasets.load_pairs(config, split)]
+    with open(experiment.file(name), 'w') as f:
+      f.write(''.join(line + '\n' for line in references))
 
 
 def write_learner(experiment: workdir_lib.ExperimentDir,
                   variants: Sequence[str]) -> Optional[str]:
-  """learner.measure on the study's runs; None (nothing written) until the baseline is done.
-
-  The attention is read from the finished seed-0 run (a variant's or learner/all_pairs) with
-  the best test BLEU: the maps of the model that translates best.
-  """
+  """learner.measure on the study's runs; None (nothing written) until the baseline is done."""
   if experiment.run('baseline').result() is None:
     return None
-  bleu = {}
-  for name in list(variants) + list(LEARNER_RUNS):
-    result = experiment.run(name).result()
-    if result is not None and result.get('bleu') is not None:  # None: the run diverged.
-      bleu[name] = result['bleu']
   no_positions = experiment.run('learner/no_positions')
   return learner_lib.measure(
-      experiment.path, translating=experiment.run(max(bleu, key=bleu.get)).path,
+      experiment.path, translating=experiment.run('baseline').path,
       baseline=experiment.run('baseline').path,
       no_positions=no_positions.path if no_positions.result() is not None else None)
 
@@ -350,12 +408,13 @@ def _parameter_count(model_config: models.ModelConfig) -> int:
   return sum(x.size for x in jax.tree.leaves(shapes['params']))
 
 
-def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None,
-         lr_grid: bool = True, learner: bool = True,
-         overrides: Optional[Mapping[str, Any]] = None) -> list[str]:
-  """The study's runs with their budgets and the time they would take on PLAN_GPU.
+def plan(study: Study) -> list[str]:
+  """The study's runs known before training, with their budgets and the time they would
+  take on PLAN_GPU.
 
-  Nothing is trained. FLOPs per step are flops.train_step_flops over every row of the
+  Nothing is trained. Steps are each run's budget, an upper bound where patience stops runs
+  earlier; the seed runs' rates are chosen by the grid, and close variants get more seeds
+  (study_plan), so those runs are added as the study goes. FLOPs per step are flops.train_step_flops over every row of the
   optimizer step (R-Drop runs the model twice: twice the FLOPs); time = steps * FLOPs /
   (peak * PLAN_MFU), an estimate. Memory: float32 params, gradients and Adam's two moments
   (16 bytes a parameter; + 4 for MultiSteps' sum), without activations, which need the GPU
@@ -366,8 +425,7 @@ def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None
   header = ('| run | steps | epochs | tokens/step | accum | dtype | params | GFLOP/step '
             f'| {gpu} h at {PLAN_MFU:.0%} MFU | params+Adam GiB |')
   lines += [header, '|' + '---|' * 10]
-  for run, config in run_configs(scale, seeds=seeds, variants=variants, lr_grid=lr_grid,
-                                 learner=learner, overrides=overrides).items():
+  for run, config in study.planned().items():
     config_checks.validate(config)
     per_epoch, measured = _epoch_steps(config, prepared)
     measured_all &= measured
@@ -393,7 +451,9 @@ def plan(scale: str, *, seeds: int = 1, variants: Optional[Sequence[str]] = None
             f'{PUBLISHED_TRAIN_PAIRS:,} published pairs x {TST2016_TARGET_TOKENS_PER_PAIR} '
             'target tokens per pair (measured on tst2016 with a 4k vocabulary: an '
             'over-estimate) over full rows')
-  lines.append(f'\n{source}. Hours are an estimate: FLOPs / ({gpu} {peak / 1e12:,.0f} '
+  lines.append(f'\n{source}. Steps are budgets: patience on validation BLEU stops runs '
+               'sooner, and variants within study_plan.CLOSE_BLEU of the baseline get '
+               f'{study.more_seeds} seeds. Hours are an estimate: FLOPs / ({gpu} {peak / 1e12:,.0f} '
                f'TFLOP/s dense bf16 x an assumed {PLAN_MFU:.0%} MFU), evaluation and decoding '
                'excluded; no GPU was used.')
   return lines

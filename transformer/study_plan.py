@@ -89,11 +89,11 @@ def choose_factor(points: Mapping[float, Optional[dict]]) -> Optional[float]:
   return max(sorted(usable), key=lambda factor: usable[factor])
 
 
-def seeds_needed(variant_bleus: Sequence[float], baseline_bleus: Sequence[float]) -> int:
-  """FIRST_SEEDS, or MORE_SEEDS when the first seeds' mean test BLEU differs from the
+def seeds_needed(variant_bleus: Sequence[float], baseline_bleus: Sequence[float], *,
+                 first: int = FIRST_SEEDS, more: int = MORE_SEEDS) -> int:
+  """`first`, or `more` seeds when the first seeds' mean test BLEU differs from the
   baseline's by less than CLOSE_BLEU: a claim about a small difference needs more seeds."""
-  first = FIRST_SEEDS
   if len(variant_bleus) < first or len(baseline_bleus) < first:
     return first
   mean = lambda values: sum(values[:first]) / first
-  return MORE_SEEDS if abs(mean(variant_bleus) - mean(baseline_bleus)) < CLOSE_BLEU else first
+  return more if abs(mean(variant_bleus) - mean(baseline_bleus)) < CLOSE_BLEU else first

@@ -10,7 +10,7 @@ import math
 import os
 import signal
 import time
-from typing import Iterable
+from typing import Iterable, Optional
 
 from absl import logging
 import jax
@@ -65,7 +65,8 @@ def evaluate_loss(steps: steps_lib.CompiledSteps, state: steps_lib.TrainState,
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM or Ctrl-C (SIGINT); the loop checks it between steps, saves and exits.
+  """Set by SIGTERM or Ctrl-C (SIGINT), or at `stop_at` (a time.time()); the loop checks it
+  between steps, saves and exits.
 
   A second Ctrl-C interrupts at once (KeyboardInterrupt), losing the steps since the last
   checkpoint but nothing before it.
@@ -73,16 +74,24 @@ class _PreemptionFlag:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
-    self.raised = False
+  def __init__(self, stop_at: Optional[float] = None):
+    self._signalled = False
+    self._stop_at = stop_at
     self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+  @property
+  def raised(self) -> bool:
+    if not self._signalled and self._stop_at is not None and time.time() >= self._stop_at:
+      logging.warning('Time is up (study.py --max_minutes): saving a checkpoint and exiting.')
+      self._signalled = True
+    return self._signalled
 
   def _handle(self, signum, frame):
     del frame
     name = signal.Signals(signum).name
     logging.warning('%s received: saving a checkpoint and exiting%s.', name,
                     ' (Ctrl-C again to stop without saving)' if signum == signal.SIGINT else '')
-    self.raised = True
+    self._signalled = True
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def restore(self):
@@ -146,13 +155,15 @@ def _announce_scale(config: ml_collections.ConfigDict) -> None:
         config.model.num_layers, config.model.emb_dim, config.dataset_name, budget)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_at: Optional[float] = None) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns last metrics.
 
   Nothing is written to the folder before the config is known to be valid, the folder
   writable and this run's, and the data and vocabulary prepared (workdir.Workdir): a run
   that fails at start-up leaves the folder as it was. The vocabulary is then copied in, so
-  that decoding needs neither the dataset nor a network.
+  that decoding needs neither the dataset nor a network. At `stop_at` (a time.time()) the
+  loop saves and returns as on SIGTERM: study.py --max_minutes.
   """
   config_checks.validate(config)  # A bad field fails here, before any work.
   run = workdir_lib.Workdir(workdir)
@@ -203,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loop_start = time.perf_counter()
 
   validation = Validation(config, data, mesh) if config.eval_every_steps else None
-  preemption = _PreemptionFlag()
+  preemption = _PreemptionFlag(stop_at)
   pending, last_metrics, step = [], {}, start_step
   window_start, window_steps = time.perf_counter(), 0
   progress = _ProgressBar(config, steps_per_epoch, start_step)
