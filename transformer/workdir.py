@@ -45,8 +45,10 @@ METRICS = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 PLOTS = 'plots'
 RESULT = 'test_result.json'
-HYPOTHESES_PREFIX = 'test_hypotheses'
-# What a run writes; with the test hypotheses, what it owns.
+# The study's translations of a split by a checkpoint: <split>_hypotheses[.<checkpoint>].en.
+HYPOTHESES_SPLITS = ('test', 'validation')
+HYPOTHESES_PREFIXES = tuple(f'{split}_hypotheses' for split in HYPOTHESES_SPLITS)
+# What a run writes; with the hypotheses, what it owns.
 OWNED = (CONFIG, VOCABULARY, CHECKPOINTS, BEST, CORRUPT, METRICS, TENSORBOARD, PLOTS, RESULT)
 
 # config.json's record of the vocabulary: not a config field.
@@ -91,7 +93,7 @@ class Workdir:
     """Whether `path` is one of the run's own files (or inside one of its folders)."""
     relative = os.path.relpath(os.path.realpath(path), os.path.realpath(self.path))
     first = relative.split(os.sep)[0]
-    return first in OWNED or first.startswith(HYPOTHESES_PREFIX)
+    return first in OWNED or first.startswith(HYPOTHESES_PREFIXES)
 
   # The record: config.json, read once.
 
@@ -332,13 +334,16 @@ class Workdir:
   def write_result(self, result: dict) -> None:
     _write_json(self._file(RESULT), result)
 
-  def hypotheses_path(self, checkpoint: str = BEST) -> str:
-    """Where the study keeps the test translations of `checkpoint` ('best', 'average:K')."""
+  def hypotheses_path(self, checkpoint: str = BEST, split: str = 'test') -> str:
+    """Where the study keeps the translations of `split` by `checkpoint` ('best', 'average:K')."""
+    if split not in HYPOTHESES_SPLITS:
+      raise ValueError(f'No hypotheses file for split {split!r}; one of {HYPOTHESES_SPLITS}.')
     suffix = '' if checkpoint == BEST else '.' + checkpoint.replace(':', '_')
-    return self._file(f'{HYPOTHESES_PREFIX}{suffix}.en')
+    return self._file(f'{split}_hypotheses{suffix}.en')
 
-  def write_hypotheses(self, checkpoint: str, lines: list[str]) -> None:
-    _write_atomically(self.hypotheses_path(checkpoint), ''.join(line + '\n' for line in lines))
+  def write_hypotheses(self, checkpoint: str, lines: list[str], split: str = 'test') -> None:
+    _write_atomically(self.hypotheses_path(checkpoint, split),
+                      ''.join(line + '\n' for line in lines))
 
 
 def check_checkpoint_choice(which: str) -> int:
@@ -390,6 +395,9 @@ class ExperimentDir:
 
   REPORT = 'REPORT.md'
   REFERENCES = 'test_references.en'
+  VALIDATION_REFERENCES = 'validation_references.en'
+  SPEED = 'speed.json'  # benchmarks.variant_speed: steps/s of each variant measured alone.
+  RETRAINS = 'retrains.json'  # Every run trained again, and why (the report lists them).
   PLOTS = 'plots'
   LEARNER = 'learner'
   LEARNER_RESULT = 'measurements.json'
