@@ -10,7 +10,6 @@ report's claims for being tested together.
 """
 
 import dataclasses
-import math
 import statistics
 import zlib
 from typing import Mapping, Optional, Sequence
@@ -22,15 +21,6 @@ from sacrebleu import significance
 ALPHA = 0.05  # Significance level of every test, after Holm's correction.
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 12345  # sacreBLEU's (SACREBLEU_SEED): one seed draws the test sentences.
-VERDICT_RULE = (
-    'A literature claim predicts the sign of the difference to the baseline, seed by seed '
-    "(seed i of the variant against the baseline's seed i). It **agrees** when the mean "
-    'difference over seeds has that sign and is larger than the spread of the difference '
-    'over seeds (its standard deviation; with one seed this half of the rule cannot be '
-    'checked and the verdict is at most inconclusive), and, for a claim about test BLEU, '
-    f'the paired bootstrap finds p < {ALPHA} for every seed (a claim about a validation loss '
-    'has no test set to resample: the seeds alone decide); it **does not agree** when the '
-    'same holds with the opposite sign; otherwise it is **inconclusive**.')
 _BLEU = sacrebleu.metrics.BLEU()  # The study's BLEU: sacreBLEU's defaults, as decoding scores.
 
 
@@ -216,17 +206,3 @@ def _resampled_bleu(hypotheses: Sequence[str], references: Sequence[str], sample
   stats = metric._extract_corpus_statistics(list(hypotheses), [list(references)])  # pylint: disable=protected-access
   _, resampled = significance._bootstrap_resample(stats, metric, samples)  # pylint: disable=protected-access
   return resampled
-
-
-def verdict(expected_sign: int, deltas: Sequence[float], p_values: Sequence[float]) -> str:
-  """'agrees', 'does not agree' or 'inconclusive' by VERDICT_RULE.
-
-  `deltas[i]` and `p_values[i]` compare seed i of the variant with seed i of the baseline.
-  """
-  if not deltas or expected_sign not in (-1, 1):
-    return 'inconclusive'
-  mean, std = mean_std(deltas)
-  significant = all(p < ALPHA for p in p_values)
-  if len(deltas) < 2 or not significant or abs(mean) <= std or mean == 0:
-    return 'inconclusive'
-  return 'agrees' if math.copysign(1, mean) == expected_sign else 'does not agree'
