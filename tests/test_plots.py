@@ -32,10 +32,11 @@ def test_figures_are_pngs(tmp_path):
   paths = [
       plots.plot_seed_bands(seeds, 'eval/loss', str(tmp_path / 'bands.png'), title='t',
                             ylabel='y'),
-      plots.plot_lr_sensitivity({'post': [(1e-3, 4.0, 'trained'), (4e-3, 5.9, 'collapsed'),
+      plots.plot_lr_sensitivity({'post': [(1e-3, 4.0, 'trained'),
+                                          (4e-3, 0.2, 'ignores the source'),
                                           (8e-3, 0.0, 'diverged')],
                                  'pre': [(1e-3, 3.9, 'trained'), (8e-3, 4.1, 'trained')]},
-                                str(tmp_path / 'lr.png'), title='t'),
+                                str(tmp_path / 'lr.png'), title='t', ylabel='BLEU'),
       plots.plot_curves({'a': rows([1.0, 2.0])}, 'eval/loss', str(tmp_path / 'c.png'),
                         title='t', ylabel='y'),
       plots.plot_attention(np.eye(3), ['a', 'b', 'c'], ['x', 'y', 'z'],

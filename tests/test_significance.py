@@ -1,5 +1,7 @@
-"""The study's statistics against sacreBLEU's own scores and the stated verdict rule."""
+"""The study's statistics against sacreBLEU's own scores, an exact bootstrap enumerated by
+hand, and Holm's correction worked on paper."""
 
+import itertools
 import math
 
 import numpy as np
@@ -70,12 +72,101 @@ def test_mean_std():
   assert significance.format_mean_std([]) == '–'
 
 
-@pytest.mark.parametrize('sign, deltas, p_values, expected', [
-    (1, [1.0, 1.2, 0.9], [0.01, 0.02, 0.001], 'agrees'),
-    (-1, [1.0, 1.2, 0.9], [0.01, 0.02, 0.001], 'does not agree'),
-    (1, [1.0, 1.2, 0.9], [0.01, 0.2, 0.001], 'inconclusive'),  # One seed not significant.
-    (1, [1.0, -0.8, 0.2], [0.01, 0.01, 0.01], 'inconclusive'),  # Seeds disagree: std > mean.
-    (1, [1.0], [0.001], 'inconclusive'),  # One seed: the spread is unknown.
-])
-def test_verdict_follows_the_stated_rule(sign, deltas, p_values, expected):
-  assert significance.verdict(sign, deltas, p_values) == expected
+def test_sentence_statistics_sum_to_sacrebleu_corpus_bleu():
+  """Summed over any set of sentences, the statistics give that set's sacreBLEU score."""
+  hypotheses = degrade(REFERENCES, 2)
+  stats = significance.sentence_statistics(hypotheses, REFERENCES)
+  assert stats.shape == (len(REFERENCES), 10)
+  assert math.isclose(significance.corpus_bleu(stats.sum(0)),
+                      sacrebleu.corpus_bleu(hypotheses, [REFERENCES]).score)
+  subset = [3, 3, 7, 11, 40, 59]  # A resample: sentence 3 twice.
+  assert math.isclose(significance.corpus_bleu(stats[subset].sum(0)), sacrebleu.corpus_bleu(
+      [hypotheses[i] for i in subset], [[REFERENCES[i] for i in subset]]).score)
+
+
+def test_one_seed_matches_sacrebleus_paired_bootstrap():
+  """With one seed per system only the sentences are resampled, as sacreBLEU resamples them.
+
+  sacreBLEU states its interval as the resamples' mean ± half the distance between their
+  2.5th and 97.5th percentiles; ours is those percentiles: the same width.
+  """
+  baseline, better = degrade(REFERENCES, 2), degrade(REFERENCES, 7, seed=1)
+  samples = 4000
+  ours = significance.bootstrap_bleu({'baseline': [baseline], 'better': [better]}, REFERENCES,
+                                     samples=samples)
+  theirs = significance.paired_bootstrap(baseline, {'better': better}, REFERENCES,
+                                         samples=samples)
+  for name in ('baseline', 'better'):
+    mean = ours.means[name]
+    assert math.isclose(mean.value, theirs[name]['bleu'])
+    assert abs((mean.high - mean.low) / 2 - theirs[name]['ci']) < 0.05
+    assert mean.low < theirs[name]['mean'] < mean.high
+  delta = ours.deltas['better']
+  assert math.isclose(delta.value, theirs['better']['delta'])
+  np.testing.assert_allclose([delta.low, delta.high],
+                             [theirs['better']['delta_low'], theirs['better']['delta_high']],
+                             atol=0.05)
+  assert delta.p_value < 0.05 and theirs['better']['p_value'] < 0.05
+
+
+def test_identical_systems_differ_by_nothing():
+  hypotheses = degrade(REFERENCES, 3)
+  one = significance.bootstrap_bleu({'baseline': [hypotheses], 'same': [list(hypotheses)]},
+                                    REFERENCES, samples=300).deltas['same']
+  assert (one.value, one.low, one.high, one.p_value) == (0.0, 0.0, 0.0, 1.0)
+  seeds = [degrade(REFERENCES, 3, seed=s) for s in range(3)]
+  three = significance.bootstrap_bleu({'baseline': seeds, 'same': list(seeds)}, REFERENCES,
+                                      samples=300).deltas['same']
+  assert three.value == 0.0 and three.low < 0 < three.high and three.p_value > 0.5
+
+
+def exact_quantile(values, weights, q):
+  """The q-quantile of a discrete distribution: the smallest value whose CDF reaches q."""
+  order = np.argsort(values)
+  cdf = np.cumsum(np.asarray(weights)[order])
+  return np.asarray(values)[order][np.searchsorted(cdf, q)]
+
+
+def test_seed_only_bootstrap_is_the_percentile_bootstrap_of_seed_means():
+  """Reference: every one of the 3^3 x 3^3 equally likely seed resamples, enumerated."""
+  base, variant = [10.0, 11.3, 13.9], [12.2, 12.5, 15.6]  # No atom on a quantile or on |p|.
+  result = significance.bootstrap_seeds({'baseline': base, 'variant': variant}, samples=20000)
+  means = lambda seeds: [np.mean(draw) for draw in itertools.product(seeds, repeat=3)]
+  differences = [v - b for v in means(variant) for b in means(base)]
+  weights = np.full(len(differences), 1 / len(differences))
+  delta = result.deltas['variant']
+  assert math.isclose(delta.value, np.mean(variant) - np.mean(base))
+  assert exact_quantile(differences, weights, 0.02) <= delta.low <= exact_quantile(
+      differences, weights, 0.03)
+  assert exact_quantile(differences, weights, 0.97) <= delta.high <= exact_quantile(
+      differences, weights, 0.98)
+  base_means = means(base)
+  mean = result.means['baseline']
+  uniform = np.full(len(base_means), 1 / len(base_means))
+  assert exact_quantile(base_means, uniform, 0.02) <= mean.low <= exact_quantile(
+      base_means, uniform, 0.03)
+  # Shifted to mean 0, the exact differences put this share at least as far out as observed.
+  exact_p = np.mean(np.abs(np.array(differences) - np.mean(differences)) >= abs(delta.value))
+  assert abs(delta.p_value - exact_p) < 0.01
+
+
+def test_seed_only_bleu_is_the_seed_bootstrap_of_per_seed_bleu():
+  seeds = {'baseline': [degrade(REFERENCES, 2, seed=s) for s in range(3)],
+           'variant': [degrade(REFERENCES, 4, seed=s) for s in range(3)]}
+  fixed = significance.bootstrap_bleu(seeds, REFERENCES, samples=500, resample_sentences=False)
+  per_seed = {name: [sacrebleu.corpus_bleu(h, [REFERENCES]).score for h in runs]
+              for name, runs in seeds.items()}
+  assert fixed == significance.bootstrap_seeds(per_seed, samples=500)
+  both = significance.bootstrap_bleu(seeds, REFERENCES, samples=500)
+  width = lambda e: e.high - e.low
+  assert width(both.deltas['variant']) > width(fixed.deltas['variant'])  # Two noises, wider.
+
+
+def test_holm_by_hand():
+  """m = 4: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, raised to
+  the 0.06 before it (step-down order); a p of 0.4 x 4 would be capped at 1."""
+  adjusted = significance.holm({'a': 0.01, 'b': 0.04, 'c': 0.03, 'd': 0.005})
+  assert adjusted == pytest.approx({'a': 0.03, 'b': 0.06, 'c': 0.06, 'd': 0.02})
+  assert significance.holm({'a': 0.4, 'b': 0.3, 'c': 0.5, 'd': 0.6}) == pytest.approx(
+      {'b': 1.0, 'a': 1.0, 'c': 1.0, 'd': 1.0})
+  assert significance.holm({}) == {}

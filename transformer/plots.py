@@ -132,34 +132,35 @@ def plot_train_val_panels(runs: Mapping[str, Sequence[Sequence[dict]]], path: st
 
 
 def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, str]]], path: str,
-                        *, title: str) -> Optional[str]:
-  """Final validation loss against peak learning rate, one line per variant (log x).
+                        *, title: str, ylabel: str) -> Optional[str]:
+  """A measure against peak learning rate, one line per variant (log x).
 
-  `points[name]` holds (learning rate, final validation loss, status), status one of
-  'trained', 'collapsed' (drawn on the line, circled: its loss is real but it translates
-  nothing) and 'diverged' (an x at the top of the axes: it has no loss to plot).
+  `points[name]` holds (learning rate, value, status), status one of 'trained', 'ignores the
+  source' (drawn on the line, circled: its value is real but it translates nothing) and
+  'diverged' (an x at the top of the axes: it has no value to plot).
   """
   if not any(points.values()):
     return None
-  finite = [loss for pts in points.values() for _, loss, status in pts if status != 'diverged']
+  finite = [value for pts in points.values() for _, value, status in pts
+            if status != 'diverged']
   top = max(finite) * 1.05 if finite else 1.0
   fig, ax = plt.subplots(figsize=(8, 5))
   for name, pts in points.items():
     pts = sorted(pts)
-    kept = [(lr, loss, status) for lr, loss, status in pts if status != 'diverged']
-    (line,) = ax.plot([lr for lr, _, _ in kept], [loss for _, loss, _ in kept], marker='o',
+    kept = [(lr, value, status) for lr, value, status in pts if status != 'diverged']
+    (line,) = ax.plot([lr for lr, _, _ in kept], [value for _, value, _ in kept], marker='o',
                       label=name)
-    collapsed = [(lr, loss) for lr, loss, status in kept if status == 'collapsed']
-    if collapsed:
-      ax.plot(*zip(*collapsed), linestyle='none', marker='o', markersize=14,
+    ignoring = [(lr, value) for lr, value, status in kept if status == 'ignores the source']
+    if ignoring:
+      ax.plot(*zip(*ignoring), linestyle='none', marker='o', markersize=14,
               markerfacecolor='none', color=line.get_color())
     diverged = [lr for lr, _, status in pts if status == 'diverged']
     if diverged:
       ax.plot(diverged, [top] * len(diverged), linestyle='none', marker='x', markersize=10,
               color=line.get_color())
   ax.set_xscale('log')
-  ax.set(title=title + ' (circled: collapsed, x: diverged)', xlabel='peak learning rate',
-         ylabel='final validation loss')
+  ax.set(title=title + ' (circled: ignores the source, x: diverged)',
+         xlabel='peak learning rate', ylabel=ylabel)
   return _save_with_legend(fig, ax, path)
 
 
@@ -193,30 +194,94 @@ def plot_training_run(out_dir: str, name: str, rows: Sequence[dict]) -> list[str
   return [p for p in made if p]
 
 
-def plot_layer_norms(norms: Mapping[str, Mapping[str, float]], path: str, *, title: str) -> str:
-  """Grouped bars: per-layer values (e.g. gradient norms) for several runs or moments."""
-  layers = sorted({layer for values in norms.values() for layer in values},
-                  key=_layer_sort_key)
-  fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(layers)), 5))
-  width = 0.8 / max(len(norms), 1)
-  for i, (name, values) in enumerate(norms.items()):
-    ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, np.nan) for layer in layers],
-           width=width, label=name)
-  ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
-  ax.set_xticklabels(layers, rotation=60, ha='right', fontsize=7)
-  ax.set(title=title, ylabel='gradient L2 norm')
-  ax.set_yscale('log')
-  ax.legend(fontsize=8)
+def plot_panels_over_steps(runs: Mapping[str, Sequence[dict]],
+                           panels: Sequence[tuple[str, str]], path: str, *, title: str
+                           ) -> Optional[str]:
+  """One panel per (metric key, y label) of `panels`, side by side over a shared step axis,
+  one line per run: e.g. the pilot's validation BLEU and loss."""
+  if not any(len(series(rows, key)[0]) for rows in runs.values() for key, _ in panels):
+    return None
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharex=True,
+                           squeeze=False)
+  for ax, (key, ylabel) in zip(axes.flat, panels):
+    for name, rows in runs.items():
+      steps, values = series(rows, key)
+      if len(steps):
+        ax.plot(steps, values, marker='.', label=name, linewidth=1.3)
+    ax.set(xlabel='step', ylabel=ylabel)
+    ax.grid(alpha=0.3)
+  axes.flat[0].legend(fontsize=8)
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
 
 
-def _layer_sort_key(layer: str):
-  """encoder before decoder, layers in numeric order."""
-  parts = layer.replace('/', '_').split('_')
-  return [int(p) if p.isdigit() else p for p in parts]
+def _positive(values) -> np.ndarray:
+  """Values with zeros as NaN: a log axis has no place for 0 (ReZero's branches at init)."""
+  values = np.asarray(values, dtype=float)
+  return np.where(values > 0, values, np.nan)
+
+
+def plot_grad_norms_over_training(
+    runs: Mapping[str, Mapping[str, Mapping[int, tuple[np.ndarray, np.ndarray]]]], path: str
+) -> Optional[str]:
+  """Per-layer gradient norms against step (Xiong et al. 2020, Fig. 3): a row of panels per
+  run, encoder left and decoder right, a line per layer (darker is deeper), both axes log and
+  shared, so a norm that grows with depth in one variant and not another reads at a glance.
+
+  `runs[name][stack][layer]` is (steps, norms), as run_records.layer_grad_norms gives it.
+  """
+  runs = {name: stacks for name, stacks in runs.items() if stacks}
+  if not runs:
+    return None
+  stacks = ('encoder', 'decoder')
+  fig, axes = plt.subplots(len(runs), 2, figsize=(10, 2.6 * len(runs) + 0.6), sharex=True,
+                           sharey=True, squeeze=False)
+  for row, (name, by_stack) in zip(axes, runs.items()):
+    for ax, stack in zip(row, stacks):
+      layers = by_stack.get(stack, {})
+      for index, (steps, norms) in layers.items():
+        shade = plt.cm.viridis(0.85 - 0.75 * index / max(len(layers) - 1, 1))
+        ax.plot(steps, _positive(norms), color=shade, label=f'layer {index}', linewidth=1.2)
+      ax.set_xscale('log')
+      ax.set_yscale('log')
+      ax.set_title(f'{name}: {stack}', fontsize=9)
+      ax.grid(alpha=0.3, which='both')
+      if layers:
+        ax.legend(fontsize=7)
+  fig.supxlabel('step')
+  fig.supylabel('gradient L2 norm of the layer')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_grad_norms_by_layer(norms: Mapping[str, Mapping[str, Sequence[float]]], path: str,
+                             *, title: str) -> Optional[str]:
+  """Gradient norm against layer index, a line per run (Xiong et al. 2020, Fig. 3's layout):
+  `norms[name][stack]` lists layer 0, 1, ... of 'encoder' and 'decoder', a panel each."""
+  norms = {name: stacks for name, stacks in norms.items() if any(stacks.values())}
+  if not norms:
+    return None
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+  for ax, stack in zip(axes, ('encoder', 'decoder')):
+    for name, stacks in norms.items():
+      values = stacks.get(stack, [])
+      if len(values):
+        ax.plot(np.arange(len(values)), _positive(values), marker='o', label=name)
+    ax.set(title=stack, xlabel='layer', yscale='log')
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3, which='both')
+  axes[0].set_ylabel('gradient L2 norm of the layer')
+  axes[0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def plot_attention(weights: np.ndarray, x_tokens: Sequence[str], y_tokens: Sequence[str],

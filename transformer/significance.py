@@ -1,30 +1,27 @@
-"""The study's statistics: spread over seeds, sacreBLEU's paired bootstrap, and the verdict rule.
+"""The study's statistics: intervals over both noises, sacreBLEU's paired bootstrap, Holm.
 
 A difference between two variants is believed only when it survives both kinds of noise:
 the seed (initialization, dropout masks, data order; measured by training several seeds)
-and the test set (which sentences happened to be in it; measured by sacreBLEU's paired
-bootstrap resampling, Koehn 2004, 1,000 resamples, as `sacrebleu --paired-bs` runs it).
+and the test set (which sentences happened to be in it). `bootstrap_bleu` resamples both at
+once, so its intervals hold both; `paired_bootstrap` is sacreBLEU's test of one pair of
+systems on one test set (Koehn 2004), which sees the second noise only: the report uses it
+to show that a same-seed retrain already "differs significantly". `holm` corrects the
+report's claims for being tested together.
 """
 
-import math
+import dataclasses
 import statistics
-from typing import Mapping, Sequence
+import zlib
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import sacrebleu
 from sacrebleu import significance
 
-ALPHA = 0.05  # Significance level of the paired bootstrap.
+ALPHA = 0.05  # Significance level of every test, after Holm's correction.
 BOOTSTRAP_SAMPLES = 1000
-VERDICT_RULE = (
-    'A literature claim predicts the sign of the difference to the baseline, seed by seed '
-    "(seed i of the variant against the baseline's seed i). It **agrees** when the mean "
-    'difference over seeds has that sign and is larger than the spread of the difference '
-    'over seeds (its standard deviation; with one seed this half of the rule cannot be '
-    'checked and the verdict is at most inconclusive), and, for a claim about test BLEU, '
-    f'the paired bootstrap finds p < {ALPHA} for every seed (a claim about a validation loss '
-    'has no test set to resample: the seeds alone decide); it **does not agree** when the '
-    'same holds with the opposite sign; otherwise it is **inconclusive**.')
+BOOTSTRAP_SEED = 12345  # sacreBLEU's (SACREBLEU_SEED): one seed draws the test sentences.
+_BLEU = sacrebleu.metrics.BLEU()  # The study's BLEU: sacreBLEU's defaults, as decoding scores.
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -39,6 +36,137 @@ def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
     return '–'
   mean, std = mean_std(values)
   return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if len(values) > 1 else '')
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """A mean over seeds with its 95% bootstrap interval; for a difference to the baseline,
+  also its two-sided p-value (None for the baseline itself)."""
+  value: float
+  low: float
+  high: float
+  seeds: int
+  p_value: Optional[float] = None
+
+  def excludes_zero(self, sign: int) -> bool:
+    """Whether the whole interval lies on the side of 0 that `sign` (+1 or -1) names."""
+    return self.low > 0 if sign > 0 else self.high < 0
+
+  def __str__(self) -> str:
+    return f'{self.value:+.2f} [{self.low:+.2f}, {self.high:+.2f}]'
+
+
+@dataclasses.dataclass(frozen=True)
+class OverSeeds:
+  """What `bootstrap_bleu` and `bootstrap_seeds` return: `means[name]`, each system's mean
+  over its seeds; `deltas[name]`, each other system's difference to the baseline."""
+  means: dict[str, Estimate]
+  deltas: dict[str, Estimate]
+
+
+def sentence_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+  """sacreBLEU's BLEU statistics of each sentence, [sentences, 2 + 2 * 4]: lengths, matches
+  and totals of 1- to 4-grams. Their sum over any set of sentences gives that set's corpus
+  BLEU (`corpus_bleu`), so a resample is scored without re-reading the text."""
+  return np.asarray(_BLEU._extract_corpus_statistics(  # pylint: disable=protected-access
+      list(hypotheses), [list(references)]), dtype=np.float64)
+
+
+def corpus_bleu(summed_statistics: np.ndarray) -> float:
+  """Corpus BLEU from summed sentence statistics, by sacreBLEU's own formula."""
+  return _BLEU._compute_score_from_stats(summed_statistics).score  # pylint: disable=protected-access
+
+
+def bootstrap_bleu(systems: Mapping[str, Sequence[Sequence[str]]], references: Sequence[str],
+                   *, baseline: str = 'baseline', samples: int = BOOTSTRAP_SAMPLES,
+                   resample_sentences: bool = True, seed: int = BOOTSTRAP_SEED
+                   ) -> OverSeeds:
+  """Mean test BLEU over seeds, and its difference to the baseline, over both noises.
+
+  `systems[name][i]` holds the test translations of seed i of `name`. Each resample draws
+  the test sentences with replacement (one draw for every system, as sacreBLEU's paired
+  bootstrap draws them: the comparison is paired over sentences) and, for each system
+  apart, its seeds with replacement; it scores corpus BLEU of every drawn seed on the drawn
+  sentences and averages over the seeds. The seeds are drawn apart because seed i of two
+  variants shares a data order but not a model. The means carry their 95% percentile
+  intervals; the differences also the two-sided p-value (`_p_value`). With
+  `resample_sentences` False only the seeds are resampled (the test set taken as fixed).
+  """
+  references = list(references)
+  count = len(references)
+  rng = np.random.default_rng(seed)
+  if resample_sentences:
+    drawn = rng.choice(count, size=(samples, count), replace=True)  # As sacreBLEU draws.
+    weights = np.zeros((samples, count))
+    np.add.at(weights, (np.arange(samples)[:, None], drawn), 1.0)
+  else:
+    weights = np.ones((samples, count))
+  observed, resampled = {}, {}
+  for name, seeds in systems.items():
+    stats = [sentence_statistics(hypotheses, references) for hypotheses in seeds]
+    observed[name] = [corpus_bleu(s.sum(0)) for s in stats]
+    # [seeds, samples]: corpus BLEU of each seed on each resample of the sentences.
+    resampled[name] = np.array([[corpus_bleu(row) for row in weights @ s] for s in stats])
+  return compare_over_seeds(observed, resampled, baseline=baseline, seed=seed)
+
+
+def bootstrap_seeds(values: Mapping[str, Sequence[float]], *, baseline: str = 'baseline',
+                    samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+                    ) -> OverSeeds:
+  """`bootstrap_bleu` for a measure with no test set to resample (a validation loss): the
+  seeds alone are resampled. `values[name][i]` is seed i's value."""
+  observed = {name: [float(v) for v in seeds] for name, seeds in values.items()}
+  resampled = {name: np.repeat(np.asarray(v)[:, None], samples, axis=1)
+               for name, v in observed.items() if v}
+  return compare_over_seeds(observed, resampled, baseline=baseline, seed=seed)
+
+
+def compare_over_seeds(observed: Mapping[str, Sequence[float]],
+                       resampled: Mapping[str, np.ndarray], *, baseline: str, seed: int
+                       ) -> OverSeeds:
+  """Draws each system's seeds with replacement for each resample of `resampled[name]`
+  ([seeds, samples]) and compares the means with the baseline's (see bootstrap_bleu)."""
+  means = {}
+  for name, scores in resampled.items():
+    # Each system's own generator: adding a variant does not move another's draws.
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    seeds, samples = scores.shape
+    picks = rng.integers(seeds, size=(samples, seeds))
+    means[name] = scores[picks, np.arange(samples)[:, None]].mean(axis=1)
+  out = OverSeeds({}, {})
+  for name, values in means.items():
+    low, high = np.percentile(values, [2.5, 97.5])
+    out.means[name] = Estimate(float(np.mean(observed[name])), float(low), float(high),
+                               len(observed[name]))
+  for name, values in means.items():
+    if name == baseline or baseline not in means:
+      continue
+    delta = float(np.mean(observed[name]) - np.mean(observed[baseline]))
+    differences = values - means[baseline]
+    low, high = np.percentile(differences, [2.5, 97.5])
+    out.deltas[name] = Estimate(
+        delta, float(low), float(high), min(len(observed[name]), len(observed[baseline])),
+        _p_value(differences, delta))
+  return out
+
+
+def _p_value(differences: np.ndarray, observed: float) -> float:
+  """Two-sided bootstrap p-value of `observed` (Efron & Tibshirani 1993, 16.4): the
+  resampled differences, shifted to mean 0, stand for "no difference"; p is the share of
+  them at least as far from 0 as the observed one, counted with the +1 sacreBLEU adds."""
+  null = differences - differences.mean()
+  return float((np.sum(np.abs(null) >= abs(observed)) + 1) / (len(differences) + 1))
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+  """Holm's (1979) step-down adjusted p-values: the k-th smallest of m is multiplied by
+  m - k + 1 and never falls below the one before. Rejecting where the adjusted p < ALPHA
+  keeps the chance of any false claim in the family under ALPHA, whatever their dependence."""
+  adjusted, running = {}, 0.0
+  for rank, name in enumerate(sorted(p_values, key=p_values.get)):
+    running = max(running, min(1.0, (len(p_values) - rank) * p_values[name]))
+    adjusted[name] = running
+  return adjusted
 
 
 def paired_bootstrap(baseline: Sequence[str], systems: Mapping[str, Sequence[str]],
@@ -78,17 +206,3 @@ def _resampled_bleu(hypotheses: Sequence[str], references: Sequence[str], sample
   stats = metric._extract_corpus_statistics(list(hypotheses), [list(references)])  # pylint: disable=protected-access
   _, resampled = significance._bootstrap_resample(stats, metric, samples)  # pylint: disable=protected-access
   return resampled
-
-
-def verdict(expected_sign: int, deltas: Sequence[float], p_values: Sequence[float]) -> str:
-  """'agrees', 'does not agree' or 'inconclusive' by VERDICT_RULE.
-
-  `deltas[i]` and `p_values[i]` compare seed i of the variant with seed i of the baseline.
-  """
-  if not deltas or expected_sign not in (-1, 1):
-    return 'inconclusive'
-  mean, std = mean_std(deltas)
-  significant = all(p < ALPHA for p in p_values)
-  if len(deltas) < 2 or not significant or abs(mean) <= std or mean == 0:
-    return 'inconclusive'
-  return 'agrees' if math.copysign(1, mean) == expected_sign else 'does not agree'
