@@ -31,9 +31,9 @@ from transformer import inference
 from transformer import input_pipeline
 from transformer import learner as learner_lib
 from transformer import models
-from transformer import output_stats
 from transformer import provenance
 from transformer import report
+from transformer import report_grid
 from transformer import study_plan as plan_lib
 from transformer import training
 from transformer import translator as translator_lib
@@ -101,6 +101,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, *, split: str = 'te
     last_metrics = training.train_and_evaluate(config, workdir, stop_at=stop_at)
     result['diverged'] = False
     _check_finished(run, last_metrics)
+    result['stopped_early_at_step'] = last_metrics.get('train/stopped_early_at_step')
   except training.NonFiniteLossError as e:
     logging.warning('%s diverged: %s', workdir, e)
     result['diverged'] = True
@@ -194,35 +195,25 @@ class Study:
         out[workdir_lib.run_name(plan_lib.grid_name(variant, factor))] = config
     return out
 
-  def grid_point(self, variant: str, factor: float) -> Optional[dict]:
-    """What choose_factor reads of one grid run: None while it is unfinished."""
-    run = self.experiment.run(plan_lib.grid_name(variant, factor))
-    result = run.result()
-    if result is None:
-      return None
-    if result['diverged']:
-      return {'diverged': True}
-    references = _read_lines(self.experiment.file(self.experiment.VALIDATION_REFERENCES))
-    hypotheses = _read_lines(run.hypotheses_path(split=plan_lib.GRID_SPLIT))
-    return {'bleu': result['bleu'],
-            'uses_source': output_stats.source_use(hypotheses, references)['uses_source']}
-
-  def factor(self, variant: str) -> float:
-    """The rate factor `variant` trains at: its grid's choice (or the baseline's), else 1."""
-    owner = plan_lib.rate_variant(variant)
-    if not self.lr_grid or owner not in self.variants:
-      return 1.0
-    chosen = plan_lib.choose_factor({f: self.grid_point(owner, f) for f in plan_lib.LR_FACTORS})
-    if chosen is None:
-      logging.warning('No rate of the grid trained a %s model that uses the source (or the '
-                      'grid is unfinished); %s trains at its configured rate.', owner, variant)
-      return 1.0
-    return chosen
+  def factors(self) -> dict[str, float]:
+    """The rate factor each variant trains at: its grid's choice (report_grid, so that the
+    report shows the same), or the baseline's for a variant that changes no norm; 1 without
+    a grid, or where no rate of it trained a model that uses the source."""
+    chosen = (report_grid.choices(report_grid.grid_points(self.experiment))
+              if self.lr_grid and self.experiment else {})
+    factors = {}
+    for variant in self.variants:
+      owner = plan_lib.rate_variant(variant)
+      factors[variant] = chosen.get(owner) or 1.0
+      if self.lr_grid and owner in self.variants and chosen.get(owner) is None:
+        logging.warning('No rate of the grid trained a %s model that uses the source (or the '
+                        'grid is unfinished); %s trains at its configured rate.', owner, variant)
+    return factors
 
   def seed_configs(self, seeds_of: Mapping[str, int]) -> dict[str, ml_collections.ConfigDict]:
     """Each variant at its chosen rate, seeds 0 .. seeds_of[variant] - 1; then the learner's
     runs and the same-seed reruns, which take the baseline's rate."""
-    factors = {v: self.factor(v) if self.experiment else 1.0 for v in self.variants}
+    factors = self.factors()
     out = {}
     for seed in range(max(seeds_of.values(), default=0)):
       for variant in self.variants:
@@ -255,11 +246,6 @@ class Study:
   def planned(self) -> dict[str, ml_collections.ConfigDict]:
     """Every run known before training: the grid, then the first seeds (rate factor 1)."""
     return {**self.grid_configs(), **self.seed_configs({v: self.seeds for v in self.variants})}
-
-
-def _read_lines(path: str) -> list[str]:
-  with open(path) as f:
-    return f.read().splitlines()
 
 
 def pilot_configs(scale: str) -> dict[str, ml_collections.ConfigDict]:
