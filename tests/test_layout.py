@@ -7,9 +7,10 @@ ROOT = pathlib.Path(__file__).parent.parent
 PACKAGE = ROOT / 'transformer'
 # Lowest layer first, as in README.md's Layout section: a module imports only earlier ones.
 ORDER = ('config_utils', 'cli', 'variants', 'provenance', 'sharding', 'metrics', 'plots',
-         'significance', 'datasets', 'tokenizer', 'input_pipeline', 'norms', 'models', 'flops',
-         'losses', 'optim', 'search', 'config_checks', 'steps', 'checkpoints', 'workdir',
-         'translator', 'training', 'attention_maps', 'inference', 'learner', 'report', 'study')
+         'significance', 'output_stats', 'study_plan', 'datasets', 'tokenizer', 'input_pipeline',
+         'norms', 'models', 'flops', 'losses', 'optim', 'search', 'config_checks', 'steps',
+         'checkpoints', 'workdir', 'translator', 'training', 'attention_maps', 'inference',
+         'verb_object', 'learner', 'learner_report', 'report', 'study')
 # The names of a run folder's and a study folder's files (workdir.py). 'best' and 'latest'
 # are left out: they are also the names of --checkpoint's choices.
 RUN_FILES = ('config.json', 'vocabulary.model', 'checkpoints', 'corrupt_checkpoints',

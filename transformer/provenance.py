@@ -31,6 +31,7 @@ TRAINING_CODE = (
 REPORTING_CODE = (
     'transformer/__init__.py', 'transformer/attention_maps.py', 'transformer/cli.py',
     'transformer/config_checks.py', 'transformer/flops.py', 'transformer/learner.py',
+    'transformer/learner_report.py', 'transformer/verb_object.py',
     'transformer/metrics.py', 'transformer/output_stats.py', 'transformer/plots.py',
     'transformer/provenance.py', 'transformer/study_plan.py',
     'transformer/report.py', 'transformer/significance.py', 'transformer/study.py',
