@@ -10,8 +10,8 @@ ORDER = ('config_utils', 'cli', 'variants', 'provenance', 'sharding', 'metrics',
          'significance', 'output_stats', 'study_plan', 'claims', 'datasets', 'tokenizer',
          'input_pipeline', 'norms', 'models', 'flops', 'losses', 'optim', 'search',
          'config_checks', 'steps', 'checkpoints', 'workdir', 'translator', 'training',
-         'attention_maps', 'inference', 'learner', 'run_records', 'report_regime',
-         'report_grid', 'report_tables', 'report', 'study')
+         'attention_maps', 'inference', 'verb_object', 'learner', 'learner_report',
+         'run_records', 'report_regime', 'report_grid', 'report_tables', 'report', 'study')
 # The names of a run folder's and a study folder's files (workdir.py). 'best' and 'latest'
 # are left out: they are also the names of --checkpoint's choices.
 RUN_FILES = ('config.json', 'vocabulary.model', 'checkpoints', 'corrupt_checkpoints',

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
+import test_learner_report
 from transformer import output_stats
 from transformer import report
 from transformer import run_records
@@ -308,60 +309,14 @@ def test_no_retrains_file_says_none_and_an_unfinished_baseline_fails_the_regime(
 
 
 def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
+  """report.py hands the section to learner_report (tests/test_learner_report.py checks it)
+  with the variants and the learner runs it loaded."""
   for name, losses in (('baseline', [3.0, 2.5, 2.6]), ('learner/no_positions', [3.2, 3.0, 3.1])):
     write_run(tmp_path / name / 'seed_0', eval_losses=losses, train_losses=[3.0, 2.4, 2.2],
               hypotheses=degrade(REFERENCES, 2 if name == 'baseline' else 1, 0))
-  measured = {
-      'verb_sentences': ['Il mange du pain.', 'Il prit le pain.', 'Il bâtit une maison.'],
-      'order_sentences': ['Pierre frappa Jean.', 'Jean frappa Pierre.'],
-      'attention': {
-          'workdir': os.fspath(tmp_path / 'baseline' / 'seed_0'), 'step': 300,
-          'sentence': 'Il mange du pain.', 'verb': 'mange', 'object': 'pain',
-          'english_object': 'bread', 'translated_object': True, 'maps': 6,
-          'tried': [{'sentence': 'Il mange du pain.', 'translation': 'He eateth bread.'}],
-          'translation': 'He eateth bread.',
-          'entropy_by_layer': {'encoder_self': [0.9, 0.5], 'decoder_self': [0.8, 0.4],
-                               'cross': [0.7, 0.3]},
-          'english_verb': 'eats', 'object_output': '▁bread', 'object_output_by': 'word',
-          'verb_output': '▁eateth', 'verb_output_by': 'attention', 'object_row_label': '▁eateth',
-          'object_cross_on_object': 0.6,
-          'object_cross_on_verb': 0.1, 'uniform_cross_on_object': 0.2,
-          'uniform_cross_on_verb': 0.4, 'object_self_on_verb_output': 0.5, 'uniform_self': 0.25},
-      'word_order': {name: {'positions': positions, 'translations': list(translations),
-                            'same': len(set(translations)) == 1}
-                     for name, positions, translations in (
-                         ('baseline', 'sinusoidal', ('Peter smote John.', 'John smote Peter.')),
-                         ('no_positions', 'none', ('Peter smote John.',) * 2))},
-      'batch_statistics': {'sentences': 200, 'features': 128, 'draws': 20,
-                           'batch_sizes': [1, 4], 'batch_norm': [0.8, 0.2],
-                           'layer_norm': [1e-7, 2e-7],
-                           'padding': {'batch': 16, 'pad_fraction': 0.4,
-                                       'unmasked_vs_masked': 0.3}},
-      'memory': {'lengths': [16, 64], 'cache_bytes': [2**20, 4 * 2**20],
-                 'attention_bytes': [2**20, 16 * 2**20], 'plot': 'memory_by_length.png'},
-  }
-  os.makedirs(tmp_path / 'learner', exist_ok=True)  # Holds the learner runs too.
-  with open(tmp_path / 'learner' / 'measurements.json', 'w') as f:
-    json.dump(measured, f)
+  test_learner_report.write(tmp_path, test_learner_report.measurements(tmp_path))
   with open(report.write_report(os.fspath(tmp_path), variants=['baseline'])) as f:
     text = f.read().split('## Questions a learner asks', 1)[1]
-  assert 'from `baseline/seed_0`' in text  # The run the maps come from, named.
-  assert '| cross | 0.70 | 0.30 |' in text
-  assert ("“Il mange du pain.” is the first of 3 candidate "
-          "sentences whose translation has the object's English word “bread”") in text
-  assert ("The object's translation is the first `▁bread` of the output (“bread”); the verb's, "
-          "among the outputs before it, `▁eateth`, the output whose cross-attention is most on "
-          "“mange” (no “eats” in the output). In the last layer (heads' mean), the "
-          "cross-attention row that writes `▁bread` (labelled `▁eateth`, its input, in the maps) "
-          "puts") in text
-  assert '0.60 (uniform 0.20, 3.0×) on the object' in text
-  assert '0.10 (uniform 0.40, 0.2×) on the verb' in text
-  assert '0.50 (uniform 0.25, 2.0×) on the verb\'s translation `▁eateth`' in text
-  assert '| no_positions | none | Peter smote John. | Peter smote John. | yes |' in text
-  assert '| baseline | sinusoidal | Peter smote John. | John smote Peter. | no |' in text
-  assert 'best validation loss is 3.000 against the baseline\'s 2.500' in text
-  assert '| BatchNorm | 0.800 | 0.200 |' in text
-  assert ("(40% pads), counting the pads in BatchNorm's statistics changes the followed "
-          "sentence's output by 0.300") in text
-  assert '| 64 | 4.000 | 16.000 |' in text
-  assert 'the cache grows 4× and the attention weights 16×' in text
+  assert 'Read from `baseline/seed_0` (step 3000)' in text
+  assert "Without positions the best validation loss is 3.000 against the baseline's 2.500" in text
+  assert 'What does the KV cache save?' in text

@@ -1,80 +1,50 @@
 """The questions a learner asks of this model, answered with the study's own trained runs.
 
 study.write_learner calls `measure` after training; it writes a JSON file and PNGs under the
-experiment's learner/ folder (workdir.ExperimentDir), and the report only reads them. One function a question:
-  - attention_reading: what the heads of a model that translates look at, on a sentence
-    whose verb governs its object: the cross-attention row of the object's translation,
-    the decoder's self-attention toward the verb's translation, how far rows are from uniform;
+experiment's learner/ folder (workdir.ExperimentDir), and learner_report.py only reads them.
+One function a question:
+  - attention_reading: on every test sentence whose verb and object the model translates
+    (verb_object.py's rule), where the object's translation looks, against position-only
+    controls;
   - word_order: two sentences with the same words in another order, translated with and
     without positional encodings (without them the encoder cannot tell the two apart);
-  - batch_statistics: why LayerNorm and not BatchNorm: how much BatchNorm's output for one
-    sentence moves with its batch-mates, and with padding left in its statistics;
-  - memory_by_length: the KV cache and the attention weights against the text's length,
-    the sizes of the arrays this model builds (jax.eval_shape), plotted.
+  - batch_dependence: the trained batch_norm model in training mode (statistics of the
+    batch) against its running statistics: how one sentence's output moves with its
+    batch-mates, and the validation loss under each;
+  - decode_cost: greedy decoding with the KV cache against recomputing the prefix at every
+    step, by output length: seconds, and the memory XLA assigns each compiled program.
 """
 
-import functools
+import dataclasses
 import json
 import math
 import os
-import re
-from typing import NamedTuple, Optional, Sequence
+import statistics
+import time
+from typing import Optional, Sequence
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
 from transformer import attention_maps
 from transformer import datasets
 from transformer import inference
+from transformer import losses
 from transformer import models
-from transformer import norms
 from transformer import plots
 from transformer import translator as translator_lib
+from transformer import verb_object
 from transformer import workdir as workdir_lib
 
-# The verb governs its object: does the object's translation look back at the verb's? Maps
-# mean little from a model that does not translate the sentence, so the reading takes the first
-# of these whose translation has the object's English word, in words the Bible corpus (World
-# English Bible) has often; the last was added when the small study's best model (BLEU 7.4)
-# translated none of the others' objects.
-class VerbSentence(NamedTuple):
-  sentence: str
-  verb: str
-  object: str
-  english_verb: str
-  english_object: str
-
-
-VERB_SENTENCES = (
-    VerbSentence('Il mange du pain.', 'mange', 'pain', 'eats', 'bread'),
-    VerbSentence('Il prit le pain.', 'prit', 'pain', 'took', 'bread'),
-    VerbSentence('Il bâtit une maison.', 'bâtit', 'maison', 'built', 'house'),
-    VerbSentence('Dieu créa le ciel et la terre.', 'créa', 'ciel', 'created', 'heaven'),
-    VerbSentence('Il prit sa femme.', 'prit', 'femme', 'took', 'wife'),
-)
 # The same words in two orders: only positions tell who struck whom.
 ORDER_SENTENCES = ('Pierre frappa Jean.', 'Jean frappa Pierre.')
 BATCH_SIZES = (1, 2, 4, 16, 64)  # Sentences per batch whose statistics BatchNorm uses.
-DRAWS = 20  # Random batches per size.
-PADDED_BATCH = 16
-MEMORY_LENGTHS = (16, 32, 64, 128, 256)
-
-
-def word_positions(pieces: Sequence[str], word: str) -> list[int]:
-  """Positions of the sentencepiece pieces that spell `word` ('▁' starts a word)."""
-  words, index = [], -1
-  for piece in pieces:
-    index += piece.startswith('▁') or index < 0
-    words.append(index)
-  spelled = {}
-  for position, (piece, w) in enumerate(zip(pieces, words)):
-    if re.fullmatch(r'▁?\w+', piece):
-      spelled.setdefault(w, []).append(position)
-  for positions in spelled.values():
-    if ''.join(pieces[p] for p in positions).lstrip('▁').lower() == word.lower():
-      return positions
-  return []
+DRAWS = 20  # Random batch-mates per size.
+BATCH_NORM_SENTENCES = 256  # Validation sentences: the followed one, its mates, the loss.
+DECODE_LENGTHS = (16, 32, 64, 128, 256)
+REPEATS = 5  # Timed runs of each decode after its compilation; the median is kept.
 
 
 def normalized_entropy(rows: np.ndarray) -> float:
@@ -83,95 +53,116 @@ def normalized_entropy(rows: np.ndarray) -> float:
   return float(np.mean(-(rows * np.log(rows)).sum(-1)) / math.log(rows.shape[-1]))
 
 
-def translates_object(translation: str, english_object: str) -> bool:
-  """Whether the object's English word is one of the translation's words (any case)."""
-  return english_object.lower() in re.findall(r'\w+', translation.lower())
+def _pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+  return [tokenizer.processor.id_to_piece(int(i)) for i in ids]
 
 
-def attention_reading(workdir: str, out_dir: str) -> dict:
-  """Maps of a sentence of VERB_SENTENCES (every layer and head); what its object's output reads.
+def select(tokenizer, lines: Sequence[int], texts: Sequence[str],
+           sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]
+           ) -> tuple[list[dict], list[dict], int]:
+  """(qualifying, looping, untranslated) among candidate sources and their outputs.
 
-  The sentence is the first whose greedy translation has its object's English word, or the
-  first if none has ('translated_object' says which case). Figures are the heads' mean in
-  the last layer; `object_and_verb_outputs` says which outputs are read. Decoder query t
-  reads inputs 0..t, input j being output j - 1 (BOS first), so the verb's translation is
-  decoder key t_verb + 1.
+  Each candidate is its line, text, and source and output ids (each ending with eos); its
+  source has a verb and object of verb_object's lists. A looping output is set aside
+  whatever it contains; a source qualifies when its output has the verb's and then the
+  object's English words.
   """
-  config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
-  search = inference.search_config(config, beam_size=1)
-  readings = []  # (candidate, translation, (source, target, weights)), in the order tried.
-  for candidate in VERB_SENTENCES:
-    source, target, weights = attention_maps.read_sentence(model, variables, tokenizer,
-                                                            candidate.sentence, search)
-    translation = tokenizer.decode(target[:-1])
-    readings.append((candidate, translation, (source, target, weights)))
-    if translated_object := translates_object(translation, candidate.english_object):
-      break
-  chosen = readings[-1] if translated_object else readings[0]  # None did: read the first.
-  candidate, translation, (source, target, weights) = chosen
-  paths = attention_maps.draw_maps(tokenizer, source, target, weights, out_dir)
-  piece = lambda i: tokenizer.processor.id_to_piece(int(i))
-  source_pieces, target_pieces = [piece(i) for i in source], [piece(i) for i in target]
-  out = {
-      'workdir': workdir, 'step': step, **candidate._asdict(),
-      'tried': [{'sentence': c.sentence, 'translation': t} for c, t, _ in readings],
-      'translated_object': translated_object,
-      'translation': translation, 'source_pieces': source_pieces,
-      'target_pieces': target_pieces, 'maps': len(paths),
-      'entropy_by_layer': {kind: [normalized_entropy(w) for w in weights[kind]]
-                           for kind in attention_maps.KINDS},
-  }
-  cross = weights['cross'][-1].mean(0)  # [target positions, source positions]
-  decoder_self = weights['decoder_self'][-1].mean(0)
-  verb = word_positions(source_pieces, candidate.verb)
-  obj = word_positions(source_pieces, candidate.object)
-  if not (verb and obj):
-    return out
-  outputs = object_and_verb_outputs(cross, verb, obj, target_pieces, candidate)
-  t_object, t_verb = outputs['object'], outputs['verb']
-  out.update({
-      'object_output': target_pieces[t_object], 'object_output_by': outputs['object_by'],
-      # The maps label a decoder row by its input, the output before: this row's label.
-      'object_row_label': ([attention_maps.BOS_PIECE] + target_pieces)[t_object],
-      'object_cross_on_object': float(cross[t_object, obj].sum()),
-      'object_cross_on_verb': float(cross[t_object, verb].sum()),
-      'uniform_cross_on_object': len(obj) / len(source_pieces),
-      'uniform_cross_on_verb': len(verb) / len(source_pieces),
-  })
-  if t_verb is not None:
-    out.update({
-        'verb_output': target_pieces[t_verb], 'verb_output_by': outputs['verb_by'],
-        'object_self_on_verb_output': float(decoder_self[t_object, t_verb + 1]),
-        'uniform_self': 1 / (t_object + 1)})
+  qualifying, looping, untranslated = [], [], 0
+  for line, text, source, output in zip(lines, texts, sources, outputs):
+    translation = tokenizer.decode(output[:-1])
+    source_words = verb_object.words_of(_pieces(tokenizer, source[:-1]))
+    verb, obj = (source_words[i] for i in verb_object.find_french_pair(source_words))
+    if verb_object.loops(translation):
+      looping.append({'line': line, 'source': text, 'translation': translation})
+      continue
+    output_words = verb_object.words_of(_pieces(tokenizer, output[:-1]))
+    english = verb_object.find_english_pair(output_words, verb.text, obj.text)
+    if english is None:
+      untranslated += 1
+      continue
+    english_verb, english_object = (output_words[i] for i in english)
+    qualifying.append({
+        'line': line, 'source': text, 'translation': translation,
+        'verb': verb.text, 'object': obj.text, 'english_verb': english_verb.text,
+        'english_object': english_object.text, 'source_ids': list(source),
+        'output_ids': list(output), 'source_object': obj.pieces,
+        'target_verb': english_verb.pieces, 't_object': english_object.pieces[0]})
+  return qualifying, looping, untranslated
+
+
+def read(model, variables, sentence: dict) -> tuple[list[dict], dict[str, list[float]]]:
+  """verb_object.reading of every layer (heads' mean), and the entropy of every map kind."""
+  weights = attention_maps.attention_weights(model, variables, sentence['source_ids'],
+                                             sentence['output_ids'])
+  layers = [verb_object.reading(cross.mean(0), self_.mean(0), sentence['source_object'],
+                                sentence['t_object'], sentence['target_verb'])
+            for cross, self_ in zip(weights['cross'], weights['decoder_self'])]
+  entropy = {kind: [normalized_entropy(w) for w in weights[kind]]
+             for kind in attention_maps.KINDS}
+  return layers, entropy
+
+
+def summarize(readings: Sequence[Sequence[dict]]) -> list[dict]:
+  """Per layer: mean and sample sd over sentences of each ratio, and counts of the cases."""
+  out = []
+  for layer in zip(*readings):
+    row = {'sentences': len(layer)}
+    for key in ('cross_object_ratio', 'cross_diagonal_ratio', 'self_verb_ratio',
+                'self_same_distance_ratio', 'self_previous_token_ratio'):
+      values = [r[key] for r in layer]
+      row[key] = float(np.mean(values))
+      row[key + '_sd'] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    row['object_above_diagonal'] = sum(r['cross_object_ratio'] > r['cross_diagonal_ratio']
+                                       for r in layer)
+    row['diagonal_overlaps_object'] = sum(r['diagonal_overlaps_object'] for r in layer)
+    row['verb_above_same_distance'] = sum(r['self_verb_ratio'] > r['self_same_distance_ratio']
+                                          for r in layer)
+    row['verb_is_previous_token'] = sum(r['distance'] == 0 for r in layer)
+    out.append(row)
   return out
 
 
-def object_and_verb_outputs(cross: np.ndarray, verb: Sequence[int], obj: Sequence[int],
-                            target_pieces: Sequence[str], candidate: VerbSentence) -> dict:
-  """Output positions of the object's and the verb's translations, and how each was found.
+def attention_reading(workdir: str, pairs: Sequence[tuple[str, str]], out_dir: str) -> dict:
+  """Where the object's translation looks, over every sentence of `pairs` that qualifies.
 
-  Each is the first piece of its English word where the output has it ('word'; the verb's
-  before the object's), else the output whose cross-attention (`cross`: [outputs, sources])
-  puts most weight on its French word's pieces ('attention'; the verb's among the outputs
-  before the object's). In English the verb comes before its object, so the object's output
-  can look back at it; 'verb' is None when no output comes before the object's.
+  Candidates are the sources with a verb and its object (verb_object.find_french_pair);
+  each is translated greedily, and qualifies when its translation is no loop and has both
+  English words. The maps of the first qualifying sentence are drawn into `out_dir`.
   """
-  t_object, object_by = _output_of(candidate.english_object, target_pieces, cross, obj)
-  found = {'object': t_object, 'object_by': object_by, 'verb': None, 'verb_by': None}
-  if t_object == 0:
-    return found
-  t_verb, verb_by = _output_of(candidate.english_verb, target_pieces[:t_object],
-                               cross[:t_object], verb)
-  return {**found, 'verb': t_verb, 'verb_by': verb_by}
-
-
-def _output_of(english: str, target_pieces: Sequence[str], cross: np.ndarray,
-               french: Sequence[int]) -> tuple[int, str]:
-  """The first output spelling `english` ('word'), else the one most on `french` ('attention')."""
-  spelled = word_positions(target_pieces, english)
-  if spelled:
-    return spelled[0], 'word'
-  return int(cross[:, french].sum(1).argmax()), 'attention'
+  config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
+  translator = translator_lib.BatchTranslator(model, tokenizer,
+                                              batch_size=config.eval_batch_size)
+  candidates = [(line, ids) for line, ids in enumerate(
+      translator.encode_sources([fr for fr, _ in pairs]), 1)
+      if verb_object.find_french_pair(verb_object.words_of(_pieces(tokenizer, ids[:-1])))]
+  lines, sources = [c[0] for c in candidates], [c[1] for c in candidates]
+  outputs = [ids + [tokenizer.eos_id] for ids in translator.translate_ids(
+      variables, sources, inference.search_config(config, beam_size=1))]
+  qualifying, looping, untranslated = select(
+      tokenizer, lines, [pairs[line - 1][0] for line in lines], sources, outputs)
+  readings, entropies = [], []
+  for sentence in qualifying:
+    layers, entropy = read(model, variables, sentence)
+    readings.append(layers)
+    entropies.append(entropy)
+    sentence['layers'] = layers
+  maps = 0
+  if qualifying:
+    first = qualifying[0]
+    weights = attention_maps.attention_weights(model, variables, first['source_ids'],
+                                               first['output_ids'])
+    maps = len(attention_maps.draw_maps(tokenizer, first['source_ids'], first['output_ids'],
+                                        weights, out_dir))
+  for sentence in qualifying:
+    for key in ('source_ids', 'output_ids', 'source_object', 'target_verb', 't_object'):
+      del sentence[key]
+  return {
+      'workdir': workdir, 'step': step, 'split_sentences': len(pairs),
+      'candidates': len(candidates), 'looping': looping, 'untranslated': untranslated,
+      'sentences': qualifying, 'by_layer': summarize(readings), 'maps': maps,
+      'entropy_by_layer': {kind: np.mean([e[kind] for e in entropies], 0).tolist()
+                           for kind in attention_maps.KINDS} if entropies else {},
+  }
 
 
 def word_order(workdirs: dict[str, str]) -> dict:
@@ -197,148 +188,250 @@ def relative_change(y: np.ndarray, reference: np.ndarray) -> float:
   return float(np.linalg.norm(y - reference) / np.linalg.norm(reference))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _normalize(norm: type, x: jax.Array, mask: jax.Array) -> jax.Array:
-  """`norm` as initialized (scale 1, bias 0), training mode: statistics from this batch."""
-  module = norm()
-  params = module.init(jax.random.key(0), x, mask)
-  return module.apply(params, x, mask, train=True, mutable=['batch_stats'])[0]
+def batch_statistics_model(model: models.Transformer) -> models.Transformer:
+  """The same network without dropout: in training mode it differs from evaluation only by
+  BatchNorm's statistics (the batch's instead of the running averages)."""
+  return models.Transformer(dataclasses.replace(
+      model.config, dropout_rate=0.0, attention_dropout_rate=0.0, activation_dropout_rate=0.0))
 
 
-def first_row_normalized(norm: type, rows: Sequence[np.ndarray],
-                         pad_vectors: Optional[np.ndarray] = None, *,
-                         length: Optional[int] = None) -> np.ndarray:
-  """A freshly initialized `norm`'s output (training mode) for rows[0] in a batch of `rows`.
+def logits_function(model: models.Transformer):
+  """jit (variables, inputs, targets, batch_statistics) -> logits; one program per shape.
 
-  Rows are [tokens, features], padded to the longest: with padding masked (as this
-  project's BatchNorm does) unless `pad_vectors` [longest, features] is given, in which
-  case the pads are those vectors and count in the statistics (an unmasked BatchNorm).
-  `length` (>= the longest) pads further, masked either way: one compiled shape for many
-  batches, the same statistics.
+  Padding (id 0) never enters BatchNorm's statistics (norms.BatchNorm is masked), so rows
+  padded to one length normalize as they would alone.
   """
-  longest = max(len(r) for r in rows)
-  length = length or longest
-  fill = ((lambda r: np.zeros((longest - len(r), r.shape[1]), r.dtype)) if pad_vectors is None
-          else (lambda r: pad_vectors[len(r):longest]))
-  x = np.stack([np.pad(np.concatenate([r, fill(r)]), ((0, length - longest), (0, 0)))
-                for r in rows])
-  counted = [len(r) if pad_vectors is None else longest for r in rows]
-  mask = np.stack([np.arange(length) < n for n in counted])
-  return np.asarray(_normalize(norm, jnp.asarray(x), jnp.asarray(mask)))[0, :len(rows[0])]
-
-
-def batch_statistics(workdir: str, sentences: Sequence[str], *, seed: int = 0) -> dict:
-  """How much a norm's output for one sentence moves with the batch it is normalized in.
-
-  Features: the model's own input vectors (token embedding * sqrt(d) + position) of
-  `sentences`; the first is the one followed. BatchNorm (norms.BatchNorm as initialized:
-  scale 1, bias 0) against its output with every sentence's statistics (what its running
-  averages estimate); LayerNorm (norms.LayerNorm) against its output alone, which it never
-  leaves: it normalizes each token by itself. For each batch size, the mean over DRAWS
-  random batches of relative_change. Padding: one batch of PADDED_BATCH padded to its
-  longest sentence, the change from counting the pad tokens' vectors in the statistics.
-  """
-  _, tokenizer, model, variables, _, _ = inference.load_trained(workdir, 'best')
-  variables = jax.device_get(variables)  # On one device: the jit below places them.
-  max_len = model.config.max_len
+  undropped = batch_statistics_model(model)
 
   @jax.jit
-  def embed_row(tokens):  # [max_len] -> [max_len, features]
-    return model.apply(variables, tokens[None], None, train=False,
-                       method=lambda m, t, p, train: m._embed(t, p, train=train))[0]  # pylint: disable=protected-access
+  def logits(variables, inputs, targets):
+    return model.apply(variables, inputs, targets, train=False)
 
-  def embed(ids: Sequence[int]) -> np.ndarray:
-    """One compiled shape: positions are absolute, so the padding after a text changes
-    nothing before it. A text longer than max_len is cut, as the translator cuts it."""
-    ids = list(ids)[:max_len]
-    padded = jnp.asarray(ids + [0] * (max_len - len(ids)), jnp.int32)
-    return np.asarray(embed_row(padded))[:len(ids)]
+  @jax.jit
+  def logits_batch_statistics(variables, inputs, targets):
+    # Training mode writes new running averages; they are dropped.
+    return undropped.apply(variables, inputs, targets, train=True, mutable=['batch_stats'])[0]
 
-  vectors = [embed(tokenizer.encode(s) + [tokenizer.eos_id]) for s in sentences]
-  every = np.concatenate(vectors)
-  longest = max(len(v) for v in vectors)
-  rng = np.random.default_rng(seed)
-  others = np.arange(1, len(vectors))
-  batch = lambda size: [vectors[0]] + [vectors[i] for i in rng.choice(others, size - 1,
-                                                                      replace=False)]
-  kinds = {'batch_norm': norms.BatchNorm, 'layer_norm': norms.LayerNorm}
-  references = {'batch_norm': (vectors[0] - every.mean(0)) / np.sqrt(every.var(0) + 1e-5),
-                'layer_norm': first_row_normalized(norms.LayerNorm, [vectors[0]])}
-  out = {'workdir': workdir, 'features': int(every.shape[-1]), 'sentences': len(vectors),
-         'followed': sentences[0], 'batch_sizes': list(BATCH_SIZES), 'draws': DRAWS}
-  for name, norm in kinds.items():
-    out[name] = [float(np.mean([
-        relative_change(first_row_normalized(norm, batch(size), length=longest),
-                        references[name])
-        for _ in range(DRAWS)])) for size in BATCH_SIZES]
-  padded = batch(PADDED_BATCH)
-  pad_vectors = embed([0] * max(len(r) for r in padded))
-  out['padding'] = {
-      'batch': PADDED_BATCH,
-      'pad_fraction': float(1 - sum(len(r) for r in padded) /
-                            (PADDED_BATCH * max(len(r) for r in padded))),
-      'unmasked_vs_masked': relative_change(
-          first_row_normalized(norms.BatchNorm, padded, pad_vectors),
-          first_row_normalized(norms.BatchNorm, padded))}
+  return lambda variables, inputs, targets, batch_statistics: np.asarray(
+      (logits_batch_statistics if batch_statistics else logits)(variables, inputs, targets))
+
+
+def _padded(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
   return out
 
 
-def memory_by_length(workdir: str, path: str,
-                     lengths: Sequence[int] = MEMORY_LENGTHS) -> dict:
-  """Bytes of the decoding cache and of the attention weights at each length, plotted.
+def batch_dependence(workdir: str, pairs: Sequence[tuple[str, str]], *, seed: int = 0,
+                     batch_sizes: Sequence[int] = BATCH_SIZES, draws: int = DRAWS) -> dict:
+  """The trained BatchNorm model (best checkpoint) with batch statistics vs running ones.
 
-  One sentence, source and output both `length` tokens. The cache (model.init_cache) holds
-  K and V of every source token and of every output position, each decoder layer: it grows
-  linearly. The attention weights of one full pass (the 'attention_weights' the model sows:
-  encoder self, decoder self and cross, every layer and head) grow with length squared.
-  Both are the sizes of the arrays the model builds (jax.eval_shape, nothing computed);
-  the cache's is checked against models.cache_bytes's formula in the tests.
+  Follows pairs[0] (teacher-forced on its reference) in batches of `size` with random
+  batch-mates from pairs[1:], `draws` times a size (once for size 1). For its logits:
+  'moves': mean relative_change from their mean over the draws (how far batch-mates move
+  it); 'from_running': mean relative_change from its logits under the running statistics;
+  'top1_changed': the fraction of its tokens whose most likely next token differs from
+  the running statistics' one; 'running_moves': the largest change of its logits under the
+  running statistics across the same batches (0: evaluation never looks at batch-mates);
+  'running_vs_alone': the same against the sentence alone, a program of another shape
+  (float rounding only).
+  Then the validation loss (mean token cross-entropy over every pair) in consecutive batches
+  of each size, with batch statistics, against the running statistics' loss.
   """
-  config, _, model, variables, _, _ = inference.load_trained(workdir, 'best')
-  lengths = [n for n in lengths if n <= model.config.max_len]
-  nbytes = lambda tree: int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-  cache, attention = [], []
-  for n in lengths:
-    tokens = jax.ShapeDtypeStruct((1, n), jnp.int32)
-    cache.append(nbytes(jax.eval_shape(
-        lambda v, x, n=n: model.apply(v, x, n, method=models.Transformer.init_cache),
-        variables, tokens)))
-    attention.append(nbytes(jax.eval_shape(
-        lambda v, x: model.apply(v, x, x, train=False, mutable=['attention_weights'])[1],
-        variables, tokens)))
-  plots.plot_memory_by_length(
-      lengths, {'KV cache (decoding)': cache,
-                'attention weights of one full pass (all layers and heads)': attention}, path,
-      title=f'Memory of one sentence against its length (d_model {config.model.emb_dim}, '
-            f'{config.model.num_layers}+{config.model.num_layers} layers, '
-            f'{config.model.num_heads} heads)')
-  return {'workdir': workdir, 'lengths': list(lengths), 'cache_bytes': cache,
-          'attention_bytes': attention, 'plot': os.path.basename(path)}
+  config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
+  if config.model.norm != 'batch_norm':
+    raise ValueError(f'{workdir} normalizes with {config.model.norm}, not batch_norm.')
+  variables = jax.device_get(variables)  # On one device: the jit places them.
+  translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=1)
+  sources = translator.encode_sources([fr for fr, _ in pairs])
+  targets = translator.encode_targets([en for _, en in pairs])
+  source_len, target_len = max(map(len, sources)), max(map(len, targets))
+  logits = logits_function(model)
+
+  def run(rows: Sequence[int], batch_statistics: bool) -> np.ndarray:
+    return logits(variables, _padded([sources[i] for i in rows], source_len),
+                  _padded([targets[i] for i in rows], target_len), batch_statistics)
+
+  followed = len(targets[0])
+  running = run([0], False)[0, :followed]
+  rng = np.random.default_rng(seed)
+  by_size = []
+  for size in batch_sizes:
+    batches = [[0] + list(rng.choice(np.arange(1, len(pairs)), size - 1, replace=False))
+               for _ in range(1 if size == 1 else draws)]
+    trained = [run(b, True)[0, :followed] for b in batches]
+    evaluated = [run(b, False)[0, :followed] for b in batches]
+    mean = np.mean(trained, 0)
+    by_size.append({
+        'size': size, 'draws': len(batches),
+        'moves': float(np.mean([relative_change(y, mean) for y in trained])),
+        'from_running': float(np.mean([relative_change(y, running) for y in trained])),
+        'top1_changed': float(np.mean([np.mean(y.argmax(-1) != running.argmax(-1))
+                                       for y in trained])),
+        'running_moves': float(max(np.abs(y - evaluated[0]).max() for y in evaluated)),
+        'running_vs_alone': float(max(np.abs(y - running).max() for y in evaluated)),
+    })
+  losses_by_size = []
+  for size in batch_sizes:
+    total, tokens = 0.0, 0.0
+    for start in range(0, len(pairs), size):
+      rows = list(range(start, min(start + size, len(pairs))))
+      out = run(rows, True)
+      loss, weight = losses.cross_entropy(out, _padded([targets[i] for i in rows], target_len))
+      total, tokens = total + float(loss), tokens + float(weight)
+    losses_by_size.append(total / tokens)
+  total, tokens = 0.0, 0.0
+  for start in range(0, len(pairs), max(batch_sizes)):
+    rows = list(range(start, min(start + max(batch_sizes), len(pairs))))
+    loss, weight = losses.cross_entropy(
+        run(rows, False), _padded([targets[i] for i in rows], target_len))
+    total, tokens = total + float(loss), tokens + float(weight)
+  return {'workdir': workdir, 'step': step, 'sentences': len(pairs),
+          'followed': pairs[0][0], 'followed_tokens': followed, 'by_size': by_size,
+          'loss_batch_statistics': losses_by_size, 'loss_running': total / tokens}
+
+
+def greedy_cached(model: models.Transformer, variables, inputs: jax.Array,
+                  length: int) -> jax.Array:
+  """`length` greedy tokens [batch, length] through the KV cache, never stopping at eos
+  (each length costs what it says); id 0 (padding, BOS) is never chosen, as in search."""
+  cache = model.apply(variables, inputs, length, method=model.init_cache)
+
+  def step(i, carry):
+    tokens, cache = carry
+    previous = jnp.where(i == 0, 0, lax.dynamic_index_in_dim(tokens, i - 1, 1, False))
+    logits, cache = model.apply(variables, cache, previous, method=model.decode_step)
+    chosen = jnp.argmax(logits.at[:, 0].set(-jnp.inf), -1).astype(jnp.int32)
+    return tokens.at[:, i].set(chosen), cache
+
+  tokens = jnp.zeros((inputs.shape[0], length), jnp.int32)
+  return lax.fori_loop(0, length, step, (tokens, cache))[0]
+
+
+def prefix_buckets(length: int) -> list[int]:
+  """Prefix lengths a recomputing step pads to: powers of two from 8, then `length`."""
+  buckets = [b for b in (2 ** k for k in range(3, 16)) if b < length]
+  return buckets + [length]
+
+
+def greedy_recomputed(model: models.Transformer, variables, inputs: jax.Array,
+                      length: int) -> jax.Array:
+  """The same tokens as greedy_cached, the decoder rerun over the whole prefix each step.
+
+  The source is encoded once (as a decoder without a cache still does). Step i runs the
+  full teacher-forced decoder on outputs 0..i-1, padded to the smallest prefix_buckets
+  length above i (one compiled program holds a branch per bucket), and keeps row i.
+  Target i itself is a placeholder (1): the decoder reads only targets before it, but
+  marks a row real by its own target.
+  """
+  encoded = model.apply(variables, inputs, method=model.encode)
+  buckets = prefix_buckets(length)
+
+  def branch(bucket):
+    def logits_at(tokens, i):
+      positions = jnp.arange(bucket)
+      targets = jnp.where(positions < i, tokens[:, :bucket], jnp.where(positions == i, 1, 0))
+      logits = model.apply(variables, encoded, inputs, targets, method=model.decode)
+      return lax.dynamic_index_in_dim(logits, i, 1, False)  # [batch, vocab]
+    return logits_at
+
+  def step(i, tokens):
+    index = jnp.searchsorted(jnp.asarray(buckets), i, side='right')
+    logits = lax.switch(index, [branch(b) for b in buckets], tokens, i)
+    chosen = jnp.argmax(logits.at[:, 0].set(-jnp.inf), -1).astype(jnp.int32)
+    return tokens.at[:, i].set(chosen)
+
+  return lax.fori_loop(0, length, step, jnp.zeros((inputs.shape[0], length), jnp.int32))
+
+
+def decode_cost(workdir: str, text: str, *,
+                lengths: Sequence[int] = DECODE_LENGTHS, repeats: int = REPEATS) -> dict:
+  """Greedy decoding of one sentence with the KV cache vs recomputing, by output length.
+
+  At each length n (up to the model's max_len) the source is the first n - 1 pieces of
+  `text` and eos, and n tokens are decoded. Seconds: the median of `repeats` runs of the
+  compiled program (compilation excluded). Bytes: XLA's memory_analysis of each compiled
+  program, measured by the compiler's buffer assignment rather than counted from array
+  shapes: 'temp' (its working buffers: the cache, activations, attention weights), and the
+  arguments (the parameters and the source) and outputs. 'same_tokens': the two decodes
+  chose the same tokens.
+  """
+  config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
+  variables = jax.device_get(variables)
+  text_ids = tokenizer.encode(text)
+  rows = []
+  for n in [n for n in lengths if n <= model.config.max_len]:
+    if len(text_ids) < n - 1:
+      raise ValueError(f'The text has {len(text_ids)} pieces; length {n} needs {n - 1}.')
+    inputs = jnp.asarray([text_ids[:n - 1] + [tokenizer.eos_id]], jnp.int32)
+    row = {'length': n, 'cache_bytes_formula': models.cache_bytes(
+        model.config, batch=1, beam=1, source_len=n, max_decode_len=n)}
+    tokens = {}
+    for name, decode in (('cached', greedy_cached), ('recomputed', greedy_recomputed)):
+      compiled = jax.jit(lambda v, x, decode=decode, n=n: decode(model, v, x, n)).lower(
+          variables, inputs).compile()
+      memory = compiled.memory_analysis()
+      seconds = []
+      for _ in range(repeats):
+        start = time.perf_counter()
+        tokens[name] = np.asarray(jax.block_until_ready(compiled(variables, inputs)))
+        seconds.append(time.perf_counter() - start)
+      row.update({f'{name}_seconds': statistics.median(seconds),
+                  f'{name}_temp_bytes': int(memory.temp_size_in_bytes),
+                  f'{name}_argument_bytes': int(memory.argument_size_in_bytes),
+                  f'{name}_output_bytes': int(memory.output_size_in_bytes)})
+    row['same_tokens'] = bool(np.array_equal(tokens['cached'], tokens['recomputed']))
+    rows.append(row)
+  return {'workdir': workdir, 'step': step, 'repeats': repeats,
+          'device': jax.devices()[0].device_kind, 'memory_measure': 'xla_memory_analysis',
+          'model': {'emb_dim': config.model.emb_dim, 'num_layers': config.model.num_layers,
+                    'num_heads': config.model.num_heads}, 'by_length': rows}
+
+
+def plot_decode_cost(cost: dict, path: str) -> str:
+  """Seconds and temp bytes of both decodes against the length, log-log."""
+  rows = cost['by_length']
+  lengths = [r['length'] for r in rows]
+  return plots.plot_memory_by_length(
+      lengths, {'KV cache: working memory (XLA temp)': [r['cached_temp_bytes'] for r in rows],
+                'recompute: working memory (XLA temp)': [r['recomputed_temp_bytes']
+                                                         for r in rows]},
+      path, title='Working memory of one greedy decode against its length '
+                  f"(d_model {cost['model']['emb_dim']}, {cost['model']['num_layers']} layers)")
 
 
 def measure(experiment_dir: str, *, translating: str, baseline: str,
-            no_positions: Optional[str] = None, sentences: int = 200) -> str:
+            batch_norm: Optional[str] = None, no_positions: Optional[str] = None,
+            batch_norm_sentences: int = BATCH_NORM_SENTENCES,
+            lengths: Sequence[int] = DECODE_LENGTHS, repeats: int = REPEATS) -> str:
   """Every measurement above into the experiment's learner folder; returns the JSON's path.
 
-  `translating` is the run whose attention is read (the study passes its best seed-0 run),
-  `baseline` the run whose embeddings and shapes the other measurements use, `no_positions`
-  the run without positional encodings (skipped if None).
+  `translating` is the run whose attention is read on the test split (the study passes its
+  best seed-0 run), `baseline` the run whose decoding is timed and whose word order is
+  compared with `no_positions` (the run without positional encodings), `batch_norm` the
+  trained batch_norm run. Each of the last two is skipped if None.
   """
   experiment = workdir_lib.ExperimentDir(experiment_dir)
   os.makedirs(experiment.file(experiment.LEARNER), exist_ok=True)
   config = workdir_lib.Workdir(baseline).config()
-  validation = [fr for fr, _ in datasets.load_pairs(config, 'validation')[:sentences]]
+  test = datasets.load_pairs(config, 'test')
   runs = {'baseline': baseline, **({'no_positions': no_positions} if no_positions else {})}
   measurements = {
-      'verb_sentences': [candidate.sentence for candidate in VERB_SENTENCES],
       'order_sentences': list(ORDER_SENTENCES),
       'attention': attention_reading(
-          translating, experiment.file(experiment.LEARNER, experiment.LEARNER_ATTENTION)),
+          translating, test, experiment.file(experiment.LEARNER, experiment.LEARNER_ATTENTION)),
       'word_order': word_order(runs),
-      'batch_statistics': batch_statistics(baseline, validation),
-      'memory': memory_by_length(
-          baseline, experiment.file(experiment.LEARNER, experiment.LEARNER_MEMORY_PLOT)),
   }
+  if batch_norm:
+    validation = datasets.load_pairs(config, 'validation')[:batch_norm_sentences]
+    measurements['batch_norm'] = batch_dependence(batch_norm, validation)
+  # A source as long as the longest decode: test sentences end to end.
+  cost = decode_cost(baseline, ' '.join(fr for fr, _ in test[:100]), lengths=lengths,
+                     repeats=repeats)
+  cost['plot'] = os.path.basename(plot_decode_cost(
+      cost, experiment.file(experiment.LEARNER, experiment.LEARNER_MEMORY_PLOT)))
+  measurements['decode_cost'] = cost
   path = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
   with open(path, 'w') as f:
     json.dump(measurements, f, indent=1, ensure_ascii=False)

@@ -31,11 +31,12 @@ TRAINING_CODE = (
 REPORTING_CODE = (
     'transformer/__init__.py', 'transformer/attention_maps.py', 'transformer/claims.py',
     'transformer/cli.py', 'transformer/config_checks.py', 'transformer/flops.py',
-    'transformer/learner.py', 'transformer/metrics.py', 'transformer/output_stats.py',
-    'transformer/plots.py', 'transformer/provenance.py', 'transformer/study_plan.py',
+    'transformer/learner.py', 'transformer/learner_report.py', 'transformer/metrics.py',
+    'transformer/output_stats.py', 'transformer/plots.py', 'transformer/provenance.py',
     'transformer/report.py', 'transformer/report_grid.py', 'transformer/report_regime.py',
     'transformer/report_tables.py', 'transformer/run_records.py',
-    'transformer/significance.py', 'transformer/study.py',
+    'transformer/significance.py', 'transformer/study.py', 'transformer/study_plan.py',
+    'transformer/verb_object.py',
 )
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'sentencepiece',
              'sacrebleu', 'numpy')

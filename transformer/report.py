@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from transformer import claims as claims_lib
 from transformer import cli
+from transformer import learner_report
 from transformer import plots
 from transformer import report_grid
 from transformer import report_regime
@@ -165,179 +166,6 @@ def _learner_runs(experiment: workdir_lib.ExperimentDir) -> dict[str, dict]:
   return runs
 
 
-def _share(value: float, uniform: float) -> str:
-  """'0.42 (uniform: 0.20, 2.1×)': an attention weight against the uniform one."""
-  return f'{value:.2f} (uniform {uniform:.2f}, {value / uniform:.1f}×)'
-
-
-def _attention_lines(attention: dict, candidates: int,
-                     experiment: workdir_lib.ExperimentDir) -> list[str]:
-  run = os.path.relpath(attention['workdir'], experiment.path)
-  maps = os.path.join(experiment.LEARNER, experiment.LEARNER_ATTENTION)
-  layers = len(next(iter(attention['entropy_by_layer'].values())))
-  lines = [
-      '### What queries, keys and values do', '',
-      f"Each position's query is scored against every key; the softmax of those scores (one "
-      f"row of a map) weighs the values that the position reads. Read from `{run}` (the "
-      f"finished seed-0 run with the best test BLEU, step {attention['step']}): "
-      f"“{attention['sentence']}” → “{attention['translation']}”. How far the rows are "
-      'from uniform, as their entropy over log(keys) (1: uniform, 0: one key each; the mean '
-      'of every head and row):', '',
-      '| attention | ' + ' | '.join(f'layer {i}' for i in range(layers)) + ' |',
-      '|---|' + '---|' * layers]
-  for kind, entropies in attention['entropy_by_layer'].items():
-    lines.append(f'| {kind} | ' + ' | '.join(f'{e:.2f}' for e in entropies) + ' |')
-  last = layers - 1
-  lines += [''] + [f'![{kind}]({maps}/{kind}_layer{last}_head0.png)'
-                   for kind in ('encoder_self', 'decoder_self', 'cross')]
-  lines += ['', f"(Last layer, head 0; all {attention['maps']} maps are in `{maps}/`.)",
-            '', "### Does it attend to the verb when it translates the verb's object?", '']
-  if 'object_output' not in attention:
-    return lines + [f'The words "{attention["verb"]}" and "{attention["object"]}" are not both '
-                    'found in the pieces of the sentence: not measured.', '']
-  lines.append(
-      _sentence_choice(attention, candidates) +
-      _object_and_verb_outputs(attention) + " In the last layer (heads' mean), the "
-      f"cross-attention row that writes `{attention['object_output']}` (labelled "
-      f"`{attention['object_row_label']}`, its input, in the maps) puts "
-      f"{_share(attention['object_cross_on_object'], attention['uniform_cross_on_object'])} "
-      f"on the object and "
-      f"{_share(attention['object_cross_on_verb'], attention['uniform_cross_on_verb'])} on the "
-      'verb.' + (
-          f" Its decoder self-attention puts "
-          f"{_share(attention['object_self_on_verb_output'], attention['uniform_self'])} on "
-          f"the verb's translation `{attention['verb_output']}`."
-          if 'object_self_on_verb_output' in attention else
-          " No output comes before the object's, so the decoder's self-attention toward the "
-          "verb's translation is not measured."))
-  return lines + ['']
-
-
-def _object_and_verb_outputs(attention: dict) -> str:
-  """Which outputs stand for the object and the verb, and how each was found."""
-  def found(role: str, french: str, english: str) -> str:
-    output = f"`{attention[role + '_output']}`"
-    if attention[role + '_output_by'] == 'word':
-      return f"the first {output} of the output (“{english}”)"
-    return (f"{output}, the output whose cross-attention is most on “{french}” (no “{english}” "
-            'in the output)')
-  text = (" The object's translation is "
-          + found('object', attention['object'], attention['english_object']))
-  if 'verb_output' in attention:
-    text += ("; the verb's, among the outputs before it, "
-             + found('verb', attention['verb'], attention['english_verb']))
-  return text + '.'
-
-
-def _sentence_choice(attention: dict, candidates: int) -> str:
-  """Why this sentence: the first candidate whose translation has its object, or none did."""
-  tried = '; '.join(f"“{t['sentence']}” → “{t['translation']}”" for t in attention['tried'])
-  if attention['translated_object']:
-    return (f"“{attention['sentence']}” is the first of {candidates} candidate "
-            f"sentences whose translation has the object's English word "
-            f"“{attention['english_object']}” (tried: {tried}).")
-  return (f"None of the {candidates} candidate sentences' translations has its "
-          f"object's English word (tried: {tried}), so these figures come from a model that "
-          f"does not translate “{attention['sentence']}”: read them as such.")
-
-
-def _word_order_lines(order: dict, sentences: Sequence[str], runs: dict[str, dict],
-                      baseline: Optional[dict]) -> list[str]:
-  lines = ['### How is word order known?', '',
-           "Self-attention alone is blind to order: permute the source and the encoder's "
-           'outputs are permuted the same way, and cross-attention sums over them. The '
-           'sinusoidal positions added to the embeddings are all the model knows of order. '
-           'Two sentences with the same words, greedy translations:', '',
-           '| model | positions | ' + ' | '.join(f'"{s}"' for s in sentences) +
-           ' | one translation for both? |',
-           '|---|---|' + '---|' * len(sentences) + '---|']
-  for name, out in order.items():
-    lines.append(f"| {name} | {out['positions']} | " +
-                 ' | '.join(out['translations']) + f" | {'yes' if out['same'] else 'no'} |")
-  if 'no_positions' in runs and baseline:
-    run = runs['no_positions']
-    lines += ['', f"Without positions the best validation loss is {run['best_eval_loss']:.3f} "
-              f"against the baseline's {baseline['best_eval_loss']:.3f} (seed 0), and test "
-              f"BLEU {run['bleu']:.2f} against {baseline['bleu']:.2f}."]
-  return lines + ['']
-
-
-def _batch_norm_lines(stats: dict, groups: dict[str, list[dict]]) -> list[str]:
-  sizes = stats['batch_sizes']
-  lines = [
-      '### Why LayerNorm rather than BatchNorm?', '',
-      'LayerNorm normalizes each token over its own features; BatchNorm over the batch, so a '
-      "sentence's output depends on the sentences it is batched with, and on padding if that "
-      f"is counted. Measured on this model's input vectors of {stats['sentences']} validation "
-      f"sentences ({stats['features']} features), following the first: the relative change of "
-      "its normalized vectors against the output with every sentence's statistics (BatchNorm, "
-      "what its running averages estimate at test time) or alone (LayerNorm), mean of "
-      f"{stats['draws']} random batches:", '',
-      '| sentences per batch | ' + ' | '.join(map(str, sizes)) + ' |',
-      '|---|' + '---|' * len(sizes),
-      '| BatchNorm | ' + ' | '.join(f'{v:.3f}' for v in stats['batch_norm']) + ' |',
-      '| LayerNorm | ' + ' | '.join(f'{v:.1e}' for v in stats['layer_norm']) + ' |', '',
-      f"Padding: in a batch of {stats['padding']['batch']} padded to its longest sentence "
-      f"({stats['padding']['pad_fraction']:.0%} pads), counting the pads in BatchNorm's "
-      f"statistics changes the followed sentence's output by "
-      f"{stats['padding']['unmasked_vs_masked']:.3f} (relative to its output with the pads "
-      "masked, as this project's BatchNorm masks them)."]
-  if groups.get('batch_norm') and groups.get('baseline'):
-    bleu = lambda runs: _fmt([r['bleu'] for r in runs if not r['diverged']])
-    lines.append(f"In training, the batch_norm variant reaches test BLEU "
-                 f"{bleu(groups['batch_norm'])} against the baseline's {bleu(groups['baseline'])}"
-                 ' (the variant table has the rest).')
-  return lines + ['']
-
-
-def _memory_lines(memory: dict) -> list[str]:
-  mib = lambda b: f'{b / 2**20:.3f}'
-  lines = ['### Why does memory grow with the length of the text?', '',
-           'Decoding keeps K and V of every source token and of every output so far, each '
-           'decoder layer (the KV cache): linear in length. A full pass (training, or decoding '
-           'without a cache) holds one weight per query-key pair, each head and layer: '
-           'quadratic. Sizes of the arrays this model builds for one sentence whose source and '
-           'output have the same length:', '',
-           '| tokens | KV cache (MiB) | attention weights (MiB) |', '|---|---|---|']
-  for n, cache, attention in zip(memory['lengths'], memory['cache_bytes'],
-                                 memory['attention_bytes']):
-    lines.append(f'| {n} | {mib(cache)} | {mib(attention)} |')
-  first, last = memory['lengths'][0], memory['lengths'][-1]
-  lines += ['', f"From {first} to {last} tokens ({last // first}× longer) the cache grows "
-            f"{memory['cache_bytes'][-1] / memory['cache_bytes'][0]:.0f}× and the attention "
-            f"weights {memory['attention_bytes'][-1] / memory['attention_bytes'][0]:.0f}×.", '',
-            f"![memory]({workdir_lib.ExperimentDir.LEARNER}/{memory['plot']})"]
-  return lines + ['']
-
-
-def _learner_lines(experiment: workdir_lib.ExperimentDir,
-                   groups: dict[str, list[dict]]) -> list[str]:
-  """The questions a learner asks, from learner.measure's JSON and the learner runs."""
-  path = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
-  runs = _learner_runs(experiment)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    measured = json.load(f)
-  baseline = (groups.get('baseline') or [None])[0]
-  lines = ['', '## Questions a learner asks', '']
-  lines += _attention_lines(measured['attention'], len(measured['verb_sentences']), experiment)
-  lines += _word_order_lines(measured['word_order'], measured['order_sentences'], runs,
-                             baseline)
-  lines += _batch_norm_lines(measured['batch_statistics'], groups)
-  lines += _memory_lines(measured['memory'])
-  if 'all_pairs' in runs and baseline:
-    run = runs['all_pairs']
-    lines += ['### More data or more regularization?', '',
-              f"The baseline on every training pair (seed 0, same steps) reaches test BLEU "
-              f"{run['bleu']:.2f} and best validation loss {run['best_eval_loss']:.3f}, against "
-              f"{baseline['bleu']:.2f} and {baseline['best_eval_loss']:.3f} on the study's "
-              'subset.', '']
-  return lines
-
-
-
-
 def write_report(experiment_dir: str, *,
                  variants: Sequence[str] = study_plan.STUDY_VARIANTS) -> str:
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path.
@@ -404,7 +232,7 @@ def write_report(experiment_dir: str, *,
             'sum of squares of its blocks\' norms), of seed 0; a norm of exactly 0 has no '
             'place on a log axis and is left out.']
 
-  lines += _learner_lines(experiment, groups)
+  lines += learner_report.lines(experiment, groups, _learner_runs(experiment))
   path = experiment.file(experiment.REPORT)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -356,14 +356,21 @@ def write_references(config: ml_collections.ConfigDict,
 
 def write_learner(experiment: workdir_lib.ExperimentDir,
                   variants: Sequence[str]) -> Optional[str]:
-  """learner.measure on the study's runs; None (nothing written) until the baseline is done."""
+  """learner.measure on the study's runs; None (nothing written) until the baseline is done.
+
+  The attention is read from the finished seed-0 run with the best test BLEU (the maps of
+  the model that translates best); BatchNorm's batch dependence from the batch_norm run.
+  """
   if experiment.run('baseline').result() is None:
     return None
-  no_positions = experiment.run('learner/no_positions')
+  finished = lambda name: (result := experiment.run(name).result()) is not None and (
+      not result['diverged'])
+  bleus = {name: experiment.run(name).result()['bleu'] for name in variants if finished(name)}
+  optional = lambda name: experiment.run(name).path if finished(name) else None
   return learner_lib.measure(
-      experiment.path, translating=experiment.run('baseline').path,
-      baseline=experiment.run('baseline').path,
-      no_positions=no_positions.path if no_positions.result() is not None else None)
+      experiment.path, translating=experiment.run(max(bleus, key=bleus.get)).path,
+      baseline=experiment.run('baseline').path, batch_norm=optional('batch_norm'),
+      no_positions=optional('learner/no_positions'))
 
 
 def _epoch_steps(config: ml_collections.ConfigDict, prepared: dict) -> tuple[float, bool]:
