@@ -15,6 +15,12 @@ the same test sentences in the same batches (sorted by length, padded to our buc
 same beam and the same length limit (--max_decode_len output tokens). Each program is
 compiled before the timed pass. A model that seldom says eos decodes to the limit, so the
 table also gives output tokens and time per output token.
+
+The floor row is what no decoder can beat here: the search's model FLOPs (flops.decode_flops:
+the encoder once, one token per hypothesis per step over the prefix, every batch decoded to
+the limit, padded rows included) at the measured peak of a large float32 matmul on this
+machine, which small decoding matmuls never reach. peer / floor is the most any decoder could
+gain over the peer on this machine at this size.
 """
 
 import glob
@@ -33,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
+from transformer import flops
 from transformer import inference
 from transformer import input_pipeline
 from transformer import translator as translator_lib
@@ -157,8 +164,10 @@ def main(argv):
         f'{translator.batch_size}, at most {limit} output tokens')
   for key, value in machine.describe().items():
     print(f'  {key:12s} {value}')
+  peak = machine.measured_matmul_peak()
+  print(f'  matmul peak  {peak / 1e9:,.1f} GFLOP/s (float32, measured now)')
   print(f'{"search":<8} {"decoder":<14} {"seconds":>8} {"tokens":>7} {"ms/token":>9} '
-        f'{"peer/ours":>9} {"per token":>9}')
+        f'{"peer/this":>9} {"per token":>9}')
   for beam_size in map(int, _BEAM_SIZES.value):
     search = translator_lib.SearchConfig(beam_size=beam_size, max_decode_len=limit,
                                          length_penalty=0.6)
@@ -179,9 +188,13 @@ def main(argv):
       start = time.perf_counter()
       found = ensemble.translate_ids(members, sources, search)
       seconds = time.perf_counter() - start
-      rows.append((f'ours' if size == 1 else f'ours x{size}', seconds,
+      rows.append(('ours' if size == 1 else f'ours x{size}', seconds,
                    sum(len(ids) + 1 for ids in found)))
     name = 'greedy' if beam_size == 1 else f'beam {beam_size}'
+    floor = sum(flops.decode_flops(model.config, batch=b.shape[0], beam=beam_size,
+                                   source_len=b.shape[1], steps=limit)
+                for b in peer_batches) / peak
+    print(f'{name:<8} {"floor":<14} {floor:>8.2f} {"":>7} {"":>9} {peer_seconds / floor:>8.2f}x')
     print(f'{name:<8} {"flax wmt":<14} {peer_seconds:>8.2f} {peer_tokens:>7} '
           f'{1e3 * peer_seconds / peer_tokens:>9.2f}')
     for label, seconds, tokens in rows:

@@ -37,3 +37,29 @@ def train_step_flops(config: models.ModelConfig, *, batch: int, source_len: int,
   """Forward + backward model FLOPs of one optimizer step (3x the forward)."""
   return 3.0 * sum(forward_flops(config, batch=batch, source_len=source_len,
                                  target_len=target_len).values())
+
+
+def decode_flops(config: models.ModelConfig, *, batch: int, beam: int, source_len: int,
+                 steps: int) -> float:
+  """Model FLOPs of a KV-cached search of `steps` output tokens for `batch` sentences of
+  `source_len` tokens, each with `beam` hypotheses: the least a decoder must compute.
+
+  The encoder and the cross-attention's keys and values run once per sentence; every step
+  feeds one token per hypothesis through the decoder, whose self-attention reads only the
+  prefix so far (t keys at step t, not the whole cache). A real search computes more (a
+  fixed-size cache, the top-k), so time = decode_flops / matmul peak is a floor on any
+  decoder's time (benchmarks.peer_decode).
+  """
+  rows, layers, d, h = batch * beam, config.num_layers, config.emb_dim, config.qkv_dim
+  per_row = forward_flops(config, batch=rows, source_len=source_len, target_len=steps)
+  per_sentence = forward_flops(config, batch=batch, source_len=source_len, target_len=steps)
+  mac = lambda count, fan_in, fan_out: 2.0 * count * fan_in * fan_out
+  # forward_flops counts the [steps x steps] block of scores; a search reads the prefix.
+  self_scores = layers * 2 * mac(rows * steps, steps, h)
+  prefix_scores = layers * 2 * mac(rows, steps * (steps + 1) / 2, h)
+  # Cross-attention keys and values: once per sentence, not once per hypothesis.
+  cross_kv = lambda count: layers * 2 * mac(count * source_len, d, h)
+  return (per_sentence['encoder_self_attention'] + per_sentence['encoder_ffn'] +
+          per_row['decoder_self_attention'] - self_scores + prefix_scores +
+          per_row['decoder_cross_attention'] - cross_kv(rows) + cross_kv(batch) +
+          per_row['decoder_ffn'] + per_row['output_projection'])
