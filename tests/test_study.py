@@ -262,3 +262,28 @@ def test_pilot_runs_are_the_baseline_under_the_stopping_rule():
                          **study_plan.PILOT_RUNS[name.rsplit('/', 1)[0]]}.items():
       assert config[field] == value
     assert config.model.norm == 'layer_norm' and config.model.norm_position == 'post'
+
+
+def test_the_gpu_regimes_dry_run_prints_its_plan(bible_config, bible_tokenizer):
+  """study.py --scale=bible_base --dry_run, as CI runs it: every run at Transformer-base size
+  in bfloat16, R-Drop at twice the FLOPs, hours = steps x FLOPs / (peak x MFU)."""
+  del bible_tokenizer  # Trained once for the session: the plan tokenizes with it.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  run = subprocess.run(
+      [sys.executable, 'study.py', '--scale=bible_base', '--dry_run', '--variants=baseline,r_drop',
+       '--seeds=1', '--no_lr_grid', '--no_learner', f'--config.data_dir={bible_config.data_dir}',
+       '--config.vocab_size=4000'], capture_output=True, text=True, timeout=600,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert run.returncode == 0, run.stderr
+  rows = {cells[0]: cells for cells in (
+      [c.strip() for c in line.strip('|').split('|')] for line in run.stdout.splitlines()
+      if line.startswith('| ') and not line.startswith('| run'))}
+  assert set(rows) == {'baseline/seed_0', 'r_drop/seed_0', 'rerun/baseline/seed_0', 'total'}
+  baseline, r_drop = rows['baseline/seed_0'], rows['r_drop/seed_0']
+  assert baseline[1] == '20,000' and baseline[5] == 'bfloat16'
+  assert float(r_drop[7].replace(',', '')) == pytest.approx(
+      2 * float(baseline[7].replace(',', '')), abs=1)
+  gflop, hours = float(baseline[7].replace(',', '')), float(baseline[8])
+  assert hours == pytest.approx(20_000 * gflop * 1e9 / (study.PLAN_GPU[1] * study.PLAN_MFU)
+                                / 3600, abs=0.006)
