@@ -23,8 +23,6 @@ from benchmarks import batches as batches_lib
 from benchmarks import machine
 from configs import base
 from transformer import flops
-from transformer import input_pipeline
-from transformer import models
 from transformer import study
 from transformer import study_plan
 from transformer import workdir as workdir_lib
@@ -35,15 +33,6 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per variant in each roun
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds over all variants.')
 _EXPERIMENT_DIR = flags.DEFINE_string('experiment_dir', '', 'Write speed.json here.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '', "The TFDS data_dir ('' = the configs').")
-
-
-def step_flops(config) -> float:
-  """Model FLOPs of one optimizer step over every row (flops.train_step_flops; R-Drop x2)."""
-  rows = input_pipeline.micro_batch_rows(config) * config.grad_accum_steps
-  per_step = flops.train_step_flops(models.ModelConfig.from_config(config.model), batch=rows,
-                                    source_len=config.max_length,
-                                    target_len=config.max_target_length)
-  return per_step * (2 if config.r_drop_alpha > 0 else 1)
 
 
 def main(argv):
@@ -74,7 +63,7 @@ def main(argv):
   speed = {}
   for variant, times in seconds.items():
     rate = 1 / statistics.median(times)
-    gflop = step_flops(runs[variant]['config']) / 1e9
+    gflop = flops.config_step_flops(runs[variant]['config']) / 1e9
     speed[variant] = {'steps_per_second': rate, 'steps_per_second_range':
                       [1 / max(times), 1 / min(times)], 'gflop_per_step': gflop, 'machine': name}
     print(f'| {variant} | {rate:.2f} | {1 / max(times):.2f}–{1 / min(times):.2f} | '

@@ -1,10 +1,11 @@
-"""flops.decode_flops against a count of every product, step by step."""
+"""flops: a search's FLOPs against a count of every product; a run's step FLOPs."""
 
 import pytest
 
 from configs import base
 from transformer import flops
 from transformer import models
+from transformer import study
 
 
 def counted_decode_flops(c, *, batch, beam, source_len, steps):
@@ -33,3 +34,13 @@ def test_decode_flops_is_every_product_of_the_search(beam):
   expected = counted_decode_flops(config, batch=3, beam=beam, source_len=7, steps=5)
   assert flops.decode_flops(config, batch=3, beam=beam, source_len=7,
                             steps=5) == pytest.approx(expected)
+def test_step_flops_are_the_formula_over_every_row_and_twice_for_r_drop():
+  plan = study.Study('small')
+  baseline, r_drop = plan.config('baseline'), plan.config('r_drop')
+  expected = flops.train_step_flops(
+      models.ModelConfig.from_config(baseline.model), batch=baseline.batch_size,
+      source_len=baseline.max_length, target_len=baseline.max_target_length)
+  assert flops.config_step_flops(baseline) == expected
+  assert flops.config_step_flops(r_drop) == 2 * expected
+  baseline.grad_accum_steps = 3  # Every micro-batch of the optimizer step.
+  assert flops.config_step_flops(baseline) == 3 * expected

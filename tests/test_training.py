@@ -60,7 +60,7 @@ def test_resume_equals_unbroken_run(bible_config, tmp_path, monkeypatch):
   training.train_and_evaluate(config, str(tmp_path / 'unbroken'))
   # Preempted after 3 steps (between checkpoints: the flag saves at step 3), then resumed.
   with monkeypatch.context() as patch:
-    patch.setattr(training, '_PreemptionFlag', lambda: _StopAfter(3))
+    patch.setattr(training, '_PreemptionFlag', lambda stop_at: _StopAfter(3))
     training.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert final_state(tmp_path / 'resumed')[0] == 3
   training.train_and_evaluate(config, str(tmp_path / 'resumed'))

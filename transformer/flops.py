@@ -8,6 +8,9 @@ The backward pass costs twice the forward (one product for the input gradient, o
 weight gradient), so a step is 3x the forward (Kaplan et al. 2020, arXiv:2001.08361, 2.1).
 """
 
+import ml_collections
+
+from transformer import input_pipeline
 from transformer import models
 
 
@@ -37,6 +40,15 @@ def train_step_flops(config: models.ModelConfig, *, batch: int, source_len: int,
   """Forward + backward model FLOPs of one optimizer step (3x the forward)."""
   return 3.0 * sum(forward_flops(config, batch=batch, source_len=source_len,
                                  target_len=target_len).values())
+
+
+def config_step_flops(config: ml_collections.ConfigDict) -> float:
+  """train_step_flops of a run's config: every row of its optimizer step (all micro-batches),
+  twice for R-Drop, which runs the model twice a step."""
+  rows = input_pipeline.micro_batch_rows(config) * config.grad_accum_steps
+  step = train_step_flops(models.ModelConfig.from_config(config.model), batch=rows,
+                          source_len=config.max_length, target_len=config.max_target_length)
+  return step * (2 if config.r_drop_alpha > 0 else 1)
 
 
 def decode_flops(config: models.ModelConfig, *, batch: int, beam: int, source_len: int,

@@ -426,9 +426,7 @@ def plan(study: Study) -> list[str]:
     model_config = models.ModelConfig.from_config(config.model)
     dtype = models.resolve_dtype(config.model.dtype, 'gpu')
     rows = input_pipeline.micro_batch_rows(config) * config.grad_accum_steps
-    step_flops = flops.train_step_flops(model_config, batch=rows, source_len=config.max_length,
-                                        target_len=config.max_target_length)
-    step_flops *= 2 if config.r_drop_alpha > 0 else 1
+    step_flops = flops.config_step_flops(config)
     run_peak = peak if dtype.itemsize == 2 else peak / 2
     seconds = steps * step_flops / (run_peak * PLAN_MFU)
     total_seconds += seconds
