@@ -37,12 +37,13 @@ REGIMES = {
     'full': {},
 }
 
-# The pilot: the baseline, seed 0, at candidate data sizes under the stopping rule.
+# The pilot: the baseline, seed 0, at candidate data sizes under the stopping rule. Every
+# Bible pair (28,581) was left out: at 8,000 pairs a run already takes most of the 8,000-step
+# budget, and the study's ~50 runs must fit in 24 hours of the 2-core CPU.
 PILOT_RULE = {**STOPPING_RULE, 'num_train_steps': 8000}
 PILOT_RUNS = {
     'pilot/pairs_3000': {'max_train_pairs': 3000},
     'pilot/pairs_8000': {'max_train_pairs': 8000},
-    'pilot/pairs_all': {'max_train_pairs': 0},
 }
 
 LR_GRID_DIR = 'lr_grid'
