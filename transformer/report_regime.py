@@ -42,13 +42,18 @@ def _pilot_lines(pilots: dict[str, dict], plot_dir: str) -> list[str]:
          f"{config.get('patience')} evaluations of validation BLEU, every "
          f"{config.get('eval_every_steps')} steps, within {config.get('num_train_steps'):,} "
          'steps) at candidate data sizes.', '',
-         '| pilot | training pairs | best validation BLEU (step) | stopped at | test BLEU |',
-         '|---|---|---|---|---|']
+         '| pilot | training pairs | best validation BLEU (step) | stopped at | test BLEU '
+         '| test outputs repeating a 4-gram |',
+         '|---|---|---|---|---|---|']
   for name, run in pilots.items():
     pairs = run['config'].get('max_train_pairs') or 'all'
     test = '–' if math.isnan(run['bleu']) else f"{run['bleu']:.2f}"
+    repeats = (f'{100 * output_stats.repetition_rate(run_records.hypotheses(run)):.1f}%'
+               if run['hypotheses'] else '–')
+    stopped = (f"{run['stop_step']:,} of {run['budget']:,}" if run['finished'] else
+               f"unfinished (step {run['stop_step']:,} of {run['budget']:,})")
     out.append(f"| {name} | {pairs} | {run['peak_eval_bleu']:.2f} ({run['peak_step']:,}) "
-               f"| {run['stop_step']:,} of {run['budget']:,} | {test} |")
+               f"| {stopped} | {test} | {repeats} |")
   path = plots.plot_panels_over_steps(
       {name: run['rows'] for name, run in pilots.items()},
       [('eval/bleu', 'validation BLEU (greedy)'), ('eval/loss', 'validation NLL')],
