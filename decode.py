@@ -1,13 +1,9 @@
 """Translates with a trained workdir: `python decode.py --workdir=DIR --split=test`.
 
-Or `--input=FILE` with optional `--reference=FILE` (repeatable) to score; `--input=-`
-translates stdin line by line as it arrives. `--nbest=N` writes JSON lines of the N best.
-BLEU and chrF are sacreBLEU's, printed to stderr as `sacrebleu -f text` prints them.
-`--workdir` repeated (or `--ensemble=A,B`) decodes with an ensemble; `--score --input=F
---reference=R` writes each pair's teacher-forced log-probabilities as JSON lines.
-`--attention_dir=DIR --attention_sentence=TEXT` draws that sentence's attention maps;
-`--cache_report` prints the KV-cache bytes of each decoded batch shape (of every bucket
-when nothing is decoded).
+`--input=FILE` (`-`: stdin, line by line) with `--reference=FILE` to score (sacreBLEU's BLEU
+and chrF on stderr); `--nbest=N`; `--workdir` repeated or `--ensemble=A,B` for an ensemble;
+`--score` for teacher-forced log-probabilities of given translations; `--sampling`,
+`--no_repeat_ngram_size`, length ratios; `--attention_dir` and `--cache_report` (README).
 """
 
 import sys
@@ -19,9 +15,8 @@ from transformer import cli
 
 _WORKDIR = flags.DEFINE_multi_string('workdir', [], 'A training workdir; repeat for an ensemble.')
 _ENSEMBLE = flags.DEFINE_list('ensemble', [], 'Workdirs decoded as one ensemble: DIR,DIR,...')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'best', "'best', 'latest', a step number, or 'average:K' (the mean of the last "
-    'K saved checkpoints).')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "'best', 'latest', a step, or 'average:K' "
+                                  '(the mean of the last K saved).')
 _SPLIT = flags.DEFINE_string('split', None, "A split of the run's dataset, e.g. 'test'.")
 _INPUT = flags.DEFINE_string('input', None, "Source text, one sentence a line ('-' = stdin).")
 _OUTPUT = flags.DEFINE_string('output', None, 'Where translations go (default: stdout).')
@@ -30,18 +25,13 @@ _BEAM_SIZE = flags.DEFINE_integer('beam_size', None, "Beam width (1 = greedy); d
 _LENGTH_PENALTY = flags.DEFINE_float('length_penalty', None, 'GNMT length penalty alpha.')
 _MAX_DECODE_LEN = flags.DEFINE_integer(
     'max_decode_len', None, 'Output tokens cap (eos included); replaces the ratio/offset rule.')
-_ATTENTION_DIR = flags.DEFINE_string(
-    'attention_dir', None, 'Write PNG attention maps of --attention_sentence here.')
-_ATTENTION_SENTENCE = flags.DEFINE_string(
-    'attention_sentence', None, 'The source sentence whose attention is drawn.')
-_BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', None, "Sentences per decoding batch (all devices); default: the config's "
-    'eval_batch_size.')
+_ATTENTION_DIR = flags.DEFINE_string('attention_dir', None, 'Write attention maps (PNG) here.')
+_ATTENTION_SENTENCE = flags.DEFINE_string('attention_sentence', None, 'Whose attention to draw.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, "Sentences a batch; default: the config's.")
 _BATCH_TOKENS = flags.DEFINE_integer('batch_tokens', None, 'Batch by padded source tokens.')
 _CACHE_REPORT = flags.DEFINE_bool('cache_report', False, 'Print the KV-cache bytes.')
-_NBEST = flags.DEFINE_integer(
-    'nbest', 0, 'Write JSON lines with the N best hypotheses and scores (N <= beam size).',
-    lower_bound=0)
+_NBEST = flags.DEFINE_integer('nbest', 0, 'Write JSON lines of the N best (N <= beam size).',
+                             lower_bound=0)
 _SAMPLING = flags.DEFINE_string('sampling', None, 'temperature:T, top_k:K or top_p:P (or a,b).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed of --sampling.')
 _NO_REPEAT = flags.DEFINE_integer('no_repeat_ngram_size', 0, 'No n-gram output twice (0 = off).')
@@ -99,10 +89,7 @@ def main(argv):
     cache = inference.cache_table(workdirs[0], beam_size=_BEAM_SIZE.value,
                                   max_decode_len=_MAX_DECODE_LEN.value)
   if _CACHE_REPORT.value:
-    for row in cache:
-      print('KV cache: batch {batch} x beam {beam}, source {source_len}, decoded '
-            '{max_decode_len}: {bytes:,} bytes ({mib:.2f} MiB)'.format(
-                **row, mib=row['bytes'] / 2**20), file=sys.stderr)
+    print(*inference.cache_lines(cache), sep='\n', file=sys.stderr)
 
 
 if __name__ == '__main__':

@@ -292,6 +292,13 @@ def cache_table(workdir: str, *, beam_size: Optional[int] = None,
                      [(search, n, translator.max_decode_len(search, n)) for n in buckets])
 
 
+def cache_lines(rows: Sequence[dict]) -> list[str]:
+  """decode.py --cache_report's lines: the KV-cache bytes of each batch shape."""
+  return ['KV cache: batch {batch} x beam {beam}, source {source_len}, decoded {max_decode_len}: '
+          '{bytes:,} bytes ({mib:.2f} MiB)'.format(**row, mib=row['bytes'] / 2**20)
+          for row in rows]
+
+
 def score_lines(result: dict) -> list[str]:
   """BLEU and chrF as `sacrebleu -f text` prints them: 'BLEU|<signature> = <score ...>'."""
   lines = []
