@@ -94,6 +94,10 @@ def get_config(scale: str = 'full') -> ml_collections.ConfigDict:
   config.num_train_steps = 0  # Optimizer steps; 0 = from num_train_epochs.
   config.num_train_epochs = 50.0  # Epochs, when num_train_steps is 0.
   config.patience = 0  # Evaluations without a new best validation BLEU before stopping; 0 = off.
+  # A new best must beat the last one by more than this much BLEU to restart patience (Keras'
+  # min_delta): validation BLEU creeps up in steps smaller than its own noise long after the
+  # model has stopped learning anything that transfers.
+  config.patience_min_delta = 0.0
   config.log_every_steps = 100  # Fetch and write training metrics every N steps.
   # ~1 epoch of 25k-position steps on IWSLT2017 (~4.5 M target tokens / ~23k real a step).
   config.eval_every_steps = 200  # Validation loss and greedy BLEU every N steps.

@@ -10,6 +10,7 @@ from configs import base
 from transformer import inference
 from transformer import config_checks
 from transformer import input_pipeline
+from transformer import metrics as metrics_lib
 
 from transformer import models
 from transformer import sharding
@@ -138,8 +139,8 @@ def test_patience_stops_the_run_and_a_resumed_run_stays_stopped(bible_config, tm
   assert workdir_lib.Workdir(str(tmp_path)).saved_steps()[-1] == 4
   training.train_and_evaluate(config, str(tmp_path))  # Counts from metrics.jsonl: no step.
   assert workdir_lib.Workdir(str(tmp_path)).metrics()[-1]['step'] == 4
-  assert training.evaluations_since_best([1.0, 3.0, 2.0]) == 1
-  assert training.evaluations_since_best([]) == 0
+  assert metrics_lib.evaluations_since_best([1.0, 3.0, 2.0]) == 1
+  assert metrics_lib.evaluations_since_best([]) == 0
 
 
 def test_full_config_is_valid_and_budgets_in_epochs():

@@ -59,3 +59,16 @@ def test_disabled_writer_writes_nothing(tmp_path):
   writer.close()
   assert not list(tmp_path.iterdir())
   assert metrics_lib.read_rows(str(tmp_path / 'metrics.jsonl')) == []
+
+
+def test_patience_counts_from_the_last_gain_larger_than_min_delta():
+  # The pilot's 3,000-pair baseline after step 2,000 (validation BLEU every 400 steps).
+  bleus = [11.06, 11.43, 11.56, 11.62, 11.75, 12.7, 12.78, 13.13, 12.66, 13.28, 12.8, 12.8, 13.6]
+  assert metrics_lib.last_improvement(bleus) == 12  # Without min_delta: the maximum.
+  # With 0.5: 11.56 is +0.50 (not more), 11.75 +0.69 over 11.06, 12.7 +0.95 over 11.75,
+  # 13.28 +0.58 over 12.7; 13.6 is +0.32 over 13.28.
+  assert metrics_lib.last_improvement(bleus, 0.5) == 9
+  assert metrics_lib.evaluations_since_best(bleus, 0.5) == 3
+  assert metrics_lib.evaluations_since_best([1.0, 3.0, 2.0]) == 1
+  assert metrics_lib.evaluations_since_best([2.0, 1.0, 2.0]) == 2  # A tie is no gain.
+  assert metrics_lib.evaluations_since_best([]) == 0 and metrics_lib.last_improvement([]) == -1

@@ -240,13 +240,14 @@ def test_claims_follow_the_stated_rule_with_holm(study_dir):
 def test_regime_checks_print_their_numbers(study_dir):
   root, text = study_dir
   section = text.split('## The regime', 1)[1].split('## Learning rate', 1)[0]
-  assert ('peaks at steps 200 of 800, 200 of 800, 200 of 800 — **holds**') in section
+  assert ('last improvement at steps 200 (highest at 200) of 800, 200 (highest at 200) of 800, '
+          '200 (highest at 200) of 800 — **holds**') in section
   bleus = ', '.join(f'{sacrebleu.corpus_bleu(hypotheses_of(root, "baseline", s), [REFERENCES]).score:.2f}'
                     for s in range(3))
   assert f'test BLEU {bleus} — **holds**' in section
   assert '10.0%, 10.0%, 10.0% — **holds**' in section
   assert re.search(r'without positions loses .*\(1 against 3 seeds\) — \*\*holds\*\*', section)
-  assert '| pilot/pairs_3000 | 2000 | 6.00 (200) | 300 of 8,000 | – |' in section
+  assert '| pilot/pairs_3000 | 2000 | 6.00 (200) | 300 of 8,000 | – | – |' in section
   assert 'patience 2 evaluations of validation BLEU, every 100 steps, within 8,000' in section
   assert os.path.getsize(root / 'plots' / 'pilot.png') > 1000
 
@@ -302,7 +303,7 @@ def test_no_retrains_file_says_none_and_an_unfinished_baseline_fails_the_regime(
             hypotheses=degrade(REFERENCES, 3, 0))
   with open(report.write_report(str(tmp_path), variants=['baseline'])) as f:
     text = f.read()
-  assert 'peaks at steps 400 of 400 — **does not hold**' in text
+  assert 'last improvement at steps 400 (highest at 400) of 400 — **does not hold**' in text
   assert 'None: no run of this study was trained a second time' in text
   assert 'No same-seed rerun has finished yet.' in text
   assert 'no finished learner/no_positions run with test translations — **not measured**' in text

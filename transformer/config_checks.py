@@ -100,6 +100,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'num_train_steps': _integer(0),
     'num_train_epochs': _number(0),
     'patience': _integer(0),
+    'patience_min_delta': _number(0, 100),
     'average_checkpoints': _integer(0),
     'log_every_steps': _integer(1),
     'eval_every_steps': _integer(0),

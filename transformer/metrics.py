@@ -7,8 +7,9 @@ folder (workdir.Workdir) says where the file and TensorBoard's folder are.
 """
 
 import json
+import math
 import os
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from absl import logging
 import tensorboardX
@@ -16,6 +17,23 @@ import tensorboardX
 from transformer import cli
 
 WALL_CLOCK_PREFIX = 'time/'
+
+
+def last_improvement(values: Sequence[float], min_delta: float = 0.0) -> int:
+  """Index of the last value that beat the best before it by more than `min_delta` (the
+  first always does; Keras' EarlyStopping rule); -1 for no values. With min_delta 0 it is
+  the first occurrence of the maximum."""
+  best, last = -math.inf, -1
+  for index, value in enumerate(values):
+    if value - min_delta > best:
+      best, last = value, index
+  return last
+
+
+def evaluations_since_best(values: Sequence[float], min_delta: float = 0.0) -> int:
+  """Evaluations after the last improvement (0 if the last one improved): what `patience`
+  counts. Training and the report both read it here."""
+  return len(values) - 1 - last_improvement(values, min_delta) if values else 0
 
 
 def read_rows(path: str) -> list[dict]:

@@ -22,7 +22,8 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_CODE = (
     'configs/*.py', 'transformer/datasets/*.py', 'transformer/datasets/data/*',
     'transformer/checkpoints.py', 'transformer/config_utils.py', 'transformer/inference.py',
-    'transformer/input_pipeline.py', 'transformer/losses.py', 'transformer/models.py',
+    'transformer/input_pipeline.py', 'transformer/losses.py', 'transformer/metrics.py',
+    'transformer/models.py',
     'transformer/norms.py', 'transformer/optim.py', 'transformer/search.py',
     'transformer/sharding.py', 'transformer/steps.py', 'transformer/tokenizer.py',
     'transformer/training.py', 'transformer/translator.py', 'transformer/variants.py',
@@ -31,7 +32,7 @@ TRAINING_CODE = (
 REPORTING_CODE = (
     'transformer/__init__.py', 'transformer/attention_maps.py', 'transformer/claims.py',
     'transformer/cli.py', 'transformer/config_checks.py', 'transformer/flops.py',
-    'transformer/learner.py', 'transformer/learner_report.py', 'transformer/metrics.py',
+    'transformer/learner.py', 'transformer/learner_report.py',
     'transformer/output_stats.py', 'transformer/plots.py', 'transformer/provenance.py',
     'transformer/report.py', 'transformer/report_grid.py', 'transformer/report_regime.py',
     'transformer/report_tables.py', 'transformer/run_records.py',

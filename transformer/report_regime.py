@@ -19,7 +19,9 @@ from transformer import significance
 from transformer import study_plan
 from transformer import workdir as workdir_lib
 
-PEAK_BEFORE = 0.75  # Of the budget (num_train_steps): validation BLEU must peak before it.
+# Of the budget (num_train_steps): validation BLEU's last improvement by more than the
+# stopping rule's patience_min_delta must come before it.
+PEAK_BEFORE = 0.75
 MIN_TEST_BLEU = 8.0
 MAX_REPEATS = 0.15  # Share of test outputs that repeat a 4-gram (output_stats).
 
@@ -74,11 +76,13 @@ def check_lines(baseline: Sequence[dict], no_positions: Sequence[dict],
   runs = [r for r in baseline if not r['diverged']]
   if not runs:
     return ['- No finished baseline run: the regime is not checked yet.']
-  peaks = ', '.join(f"{r['peak_step']:,} of {r['budget']:,}" for r in runs)
-  out = [_check(f'Validation BLEU peaks before the last quarter of the budget '
-                f'({PEAK_BEFORE:.0%}) in every baseline seed', all(
-                    r['peak_step'] < PEAK_BEFORE * r['budget'] for r in runs),
-                f'peaks at steps {peaks}')]
+  peaks = ', '.join(f"{r['improved_step']:,} (highest at {r['peak_step']:,}) of {r['budget']:,}"
+                    for r in runs)
+  delta = runs[0]['config'].get('patience_min_delta', 0.0)
+  out = [_check(f'Validation BLEU stops improving (by more than {delta:g} BLEU, the stopping '
+                f'rule) before the last quarter of the budget ({PEAK_BEFORE:.0%}) in every '
+                'baseline seed', all(r['improved_step'] < PEAK_BEFORE * r['budget'] for r in runs),
+                f'last improvement at steps {peaks}')]
   out.append(_check(f'Test BLEU ≥ {MIN_TEST_BLEU:g} in every baseline seed',
                     all(r['bleu'] >= MIN_TEST_BLEU for r in runs),
                     'test BLEU ' + ', '.join(f"{r['bleu']:.2f}" for r in runs)))

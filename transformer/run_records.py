@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from transformer import metrics
 from transformer import plots
 from transformer import workdir as workdir_lib
 
@@ -37,6 +38,9 @@ def load_run(run: workdir_lib.Workdir) -> dict:
   eval_steps, eval_loss = plots.series(rows, 'eval/loss')
   bleu_steps, bleu = plots.series(rows, 'eval/bleu')
   peak = int(bleu_steps[np.argmax(bleu)]) if len(bleu) else 0
+  # The last evaluation that restarted patience (a gain of more than patience_min_delta).
+  improved = int(bleu_steps[metrics.last_improvement(
+      list(bleu), config.get('patience_min_delta', 0.0))]) if len(bleu) else 0
   params = [row['params/count'] for row in rows if 'params/count' in row]
   walls = [row['time/wall_seconds'] for row in rows if 'time/wall_seconds' in row]
   skipped = [row['eval/nonfinite_total'] for row in rows if 'eval/nonfinite_total' in row]
@@ -53,7 +57,7 @@ def load_run(run: workdir_lib.Workdir) -> dict:
       'early_eval_loss': float(eval_loss[0]) if len(eval_loss) else math.nan,
       'first_eval_step': int(eval_steps[0]) if len(eval_steps) else 0,
       'final_eval_loss': float(eval_loss[-1]) if len(eval_loss) else math.nan,
-      'peak_step': peak, 'peak_eval_bleu': float(bleu.max()) if len(bleu) else math.nan,
+      'peak_step': peak, 'improved_step': improved, 'peak_eval_bleu': float(bleu.max()) if len(bleu) else math.nan,
       'eval_loss_at_peak': _at(rows, 'eval/loss', peak),
       'gap_at_peak': _at(rows, 'eval/loss', peak) - _at(rows, 'eval/train_loss', peak),
       'stop_step': stop, 'budget': config.get('num_train_steps', stop),

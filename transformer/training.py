@@ -23,6 +23,7 @@ from transformer import cli
 from transformer import config_checks
 from transformer import datasets
 from transformer import input_pipeline
+from transformer import metrics as metrics_lib
 from transformer import models
 from transformer import optim
 from transformer import plots
@@ -124,13 +125,6 @@ def epoch_budget(config: ml_collections.ConfigDict, examples: list, *,
   return steps, steps_per_epoch
 
 
-def evaluations_since_best(bleus: list[float]) -> int:
-  """Evaluations after the first one with the highest BLEU (0 if the last is the best)."""
-  if not bleus:
-    return 0
-  return len(bleus) - 1 - bleus.index(max(bleus))
-
-
 def _combine_micro_steps(micro: list[dict]) -> dict:
   """One optimizer step's metrics from its micro-batches' (host arrays)."""
   return {'train/loss': sum(m['train/loss'] for m in micro),  # Each is its share of the mean.
@@ -201,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Early stopping reads the evaluations from metrics.jsonl, so a resumed run counts on.
   bleus = [row['eval/bleu'] for row in history if 'eval/bleu' in row]
   patience_ran_out = lambda: bool(config.patience) and (
-      evaluations_since_best(bleus) >= config.patience)
+      metrics_lib.evaluations_since_best(bleus, config.patience_min_delta) >= config.patience)
   if start_step >= config.num_train_steps or patience_ran_out():
     checkpointer.close()
     return _finished(run, config, start_step, history, patience_ran_out())
@@ -307,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         bleus.append(eval_metrics['eval/bleu'])
         if patience_ran_out():
           logging.info('Stopping early at step %d (epoch %.2f): %d evaluations without a new '
-                       'best BLEU (%.2f at the best).', step, step / steps_per_epoch,
+                       'best BLEU by more than patience_min_delta (%.2f at the best).', step, step / steps_per_epoch,
                        config.patience, max(bleus))
           stopped_early = True
           last_metrics['train/stopped_early_at_step'] = step

@@ -60,11 +60,11 @@ RESUMABLE_FIELDS = frozenset({
     'checkpoint_every_steps', 'diagnostics_every_steps', 'max_checkpoints_to_keep',
     'max_nonfinite_steps', 'num_eval_bleu_sentences', 'eval_batch_size', 'beam_size',
     'length_penalty', 'decode_length_ratio', 'decode_length_offset',
-    'num_train_epochs', 'patience', 'average_checkpoints',
+    'num_train_epochs', 'patience', 'patience_min_delta', 'average_checkpoints',
 })
 # Fields added to configs/base.py after runs were trained, with the value that reproduces what
 # such a run did: a folder whose config.json lacks them still resumes and decodes.
-ADDED_FIELDS = {'max_train_pairs': 0, 'model.positions': 'sinusoidal'}
+ADDED_FIELDS = {'max_train_pairs': 0, 'model.positions': 'sinusoidal', 'patience_min_delta': 0.0}
 AVERAGE_PREFIX = 'average:'
 _UNREAD = object()
 
