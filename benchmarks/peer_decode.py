@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import machine
+from transformer import datasets
 from transformer import flops
 from transformer import inference
-from transformer import input_pipeline
 from transformer import translator as translator_lib
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (ours).', required=True)
@@ -146,10 +146,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   models, decode = peer_modules(_PEER_CACHE.value, flax.__version__)
-  config, tokenizer, model, variables, step = inference.load_trained(
-      _WORKDIR.value, _CHECKPOINT.value)
-  variables = jax.device_get(variables)
-  pairs = input_pipeline.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
+  loaded = inference.load_trained(_WORKDIR.value, _CHECKPOINT.value)
+  config, tokenizer, model, step = loaded.config, loaded.tokenizer, loaded.model, loaded.step
+  variables = jax.device_get(loaded.variables)
+  pairs = datasets.load_pairs(config, 'test')[:_NUM_SENTENCES.value]
   translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=_BATCH_SIZE.value)
   sources = translator.encode_sources([fr for fr, _ in pairs])
   peer_batches = batches(sources, translator.batch_size, model.config.max_len)
