@@ -205,7 +205,7 @@ class Study:
     for variant in self.variants:
       owner = plan_lib.rate_variant(variant)
       factors[variant] = chosen.get(owner) or 1.0
-      if self.lr_grid and owner in self.variants and chosen.get(owner) is None:
+      if self.experiment and self.lr_grid and owner in self.variants and not chosen.get(owner):
         logging.warning('No rate of the grid trained a %s model that uses the source (or the '
                         'grid is unfinished); %s trains at its configured rate.', owner, variant)
     return factors
