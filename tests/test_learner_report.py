@@ -145,12 +145,10 @@ def test_decode_cost_rows_and_reading(tmp_path):
 
 
 def test_word_order_and_learner_runs(tmp_path):
-  runs = {'no_positions': {'best_eval_loss': 3.0, 'bleu': 1.5},
-          'all_pairs': {'best_eval_loss': 2.0, 'bleu': 9.0}}
+  runs = {'no_positions': {'best_eval_loss': 3.0, 'bleu': 1.5}}
   groups = {'baseline': [{'best_eval_loss': 2.5, 'bleu': 6.0, 'diverged': False}],
             'batch_norm': [{'bleu': 4.0, 'diverged': False}, {'bleu': 5.0, 'diverged': False}]}
   text = section(tmp_path, measurements(tmp_path), groups, runs)
   assert '| no_positions | none | Peter smote John. | Peter smote John. | yes |' in text
   assert "Without positions the best validation loss is 3.000 against the baseline's 2.500" in text
   assert "batch_norm variant reaches test BLEU 4.50 ± 0.71 against the baseline's 6.00" in text
-  assert 'reaches test BLEU 9.00 and best validation loss 2.000, against 6.00 and 2.500' in text

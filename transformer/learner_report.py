@@ -232,7 +232,7 @@ def decode_cost_lines(cost: dict) -> list[str]:
 def lines(experiment: workdir_lib.ExperimentDir, groups: dict[str, list[dict]],
           runs: dict[str, dict]) -> list[str]:
   """The section, from learner.measure's JSON, the variants' runs (`groups`) and the learner
-  runs (`runs`: 'no_positions', 'all_pairs', each loaded if finished); [] before measure."""
+  runs (`runs`: {'no_positions': its seed 0} when finished); [] before measure."""
   path = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
   if not os.path.exists(path):
     return []
@@ -245,11 +245,4 @@ def lines(experiment: workdir_lib.ExperimentDir, groups: dict[str, list[dict]],
   if 'batch_norm' in measured:
     out += batch_norm_lines(measured['batch_norm'], groups, experiment)
   out += decode_cost_lines(measured['decode_cost'])
-  if 'all_pairs' in runs and baseline:
-    run = runs['all_pairs']
-    out += ['### More data or more regularization?', '',
-            f"The baseline on every training pair (seed 0, same steps) reaches test BLEU "
-            f"{run['bleu']:.2f} and best validation loss {run['best_eval_loss']:.3f}, against "
-            f"{baseline['bleu']:.2f} and {baseline['best_eval_loss']:.3f} on the study's "
-            'subset.', '']
   return out

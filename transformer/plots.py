@@ -29,14 +29,19 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
           ) / counts
 
 
-def _save_with_legend(fig, ax, path: str) -> str:
-  """Grid, legend, tight layout, then the PNG at `path`; closes the figure."""
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+def _save(fig, path: str, dpi: int) -> str:
+  """Tight layout, then the PNG at `path`; closes the figure."""
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
+
+
+def _save_with_legend(fig, ax, path: str) -> str:
+  """Grid and legend, then `_save`."""
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path, dpi=120)
 
 
 def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *, title: str,
@@ -125,10 +130,7 @@ def plot_train_val_panels(runs: Mapping[str, Sequence[Sequence[dict]]], path: st
   axes.flat[0].legend(fontsize=8)
   fig.supxlabel('step')
   fig.supylabel('cross-entropy')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=110)
 
 
 def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, str]]], path: str,
@@ -212,10 +214,7 @@ def plot_panels_over_steps(runs: Mapping[str, Sequence[dict]],
     ax.grid(alpha=0.3)
   axes.flat[0].legend(fontsize=8)
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=120)
 
 
 def _positive(values) -> np.ndarray:
@@ -253,10 +252,7 @@ def plot_grad_norms_over_training(
         ax.legend(fontsize=7)
   fig.supxlabel('step')
   fig.supylabel('gradient L2 norm of the layer')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=110)
 
 
 def plot_grad_norms_by_layer(norms: Mapping[str, Mapping[str, Sequence[float]]], path: str,
@@ -278,10 +274,7 @@ def plot_grad_norms_by_layer(norms: Mapping[str, Mapping[str, Sequence[float]]],
   axes[0].set_ylabel('gradient L2 norm of the layer')
   axes[0].legend(fontsize=8)
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=120)
 
 
 def plot_attention(weights: np.ndarray, x_tokens: Sequence[str], y_tokens: Sequence[str],
@@ -303,7 +296,4 @@ def plot_attention(weights: np.ndarray, x_tokens: Sequence[str], y_tokens: Seque
   ax.set_yticklabels(y_tokens, fontsize=7)
   ax.set_title(title, fontsize=8)
   ax.set(xlabel='attended (keys)', ylabel='attending (queries)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, dpi=110)

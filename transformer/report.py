@@ -25,9 +25,6 @@ from transformer import significance
 from transformer import study_plan
 from transformer import workdir as workdir_lib
 
-# The learner section reads runs as the rest of the report does.
-_load_run = run_records.load_run
-_group = run_records.group
 _SEED_MEASURES = ('early_eval_loss', 'eval_loss_at_peak', 'gap_at_peak')
 
 
@@ -156,16 +153,6 @@ def _plots(groups: dict[str, list[dict]], plot_dir: str) -> list[tuple[str, Opti
   return made + _grad_norm_plots(groups, plot_dir)
 
 
-def _learner_runs(experiment: workdir_lib.ExperimentDir) -> dict[str, dict]:
-  """{'no_positions': run, 'all_pairs': run} of the finished learner runs (seed 0)."""
-  runs = {}
-  for name in ('no_positions', 'all_pairs'):
-    run = experiment.run(f'{experiment.LEARNER}/{name}')
-    if run.exists() and (loaded := _load_run(run))['finished']:
-      runs[name] = loaded
-  return runs
-
-
 def write_report(experiment_dir: str, *,
                  variants: Sequence[str] = study_plan.STUDY_VARIANTS) -> str:
   """Writes REPORT.md and plots into `experiment_dir`; returns the report's path.
@@ -173,11 +160,11 @@ def write_report(experiment_dir: str, *,
   The grid, pilot, reruns, retrains and learner runs are found where study_plan puts them.
   """
   experiment = workdir_lib.ExperimentDir(experiment_dir)
-  groups = _group(experiment, variants)
+  groups = run_records.group(experiment, variants)
   grid_names = [study_plan.grid_name(v, f) for v in study_plan.NORM_VARIANTS
                 for f in study_plan.LR_FACTORS]
-  learner = _group(experiment, list(study_plan.LEARNER_RUNS))
-  checked = {**groups, **_group(experiment, grid_names), **learner}
+  learner = run_records.group(experiment, list(study_plan.LEARNER_RUNS))
+  checked = {**groups, **run_records.group(experiment, grid_names), **learner}
   code_version = check_one_code_version(checked)
   check_one_vocabulary(checked)
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
@@ -232,7 +219,8 @@ def write_report(experiment_dir: str, *,
             'sum of squares of its blocks\' norms), of seed 0; a norm of exactly 0 has no '
             'place on a log axis and is left out.']
 
-  lines += learner_report.lines(experiment, groups, _learner_runs(experiment))
+  lines += learner_report.lines(experiment, groups, {
+      os.path.basename(name): runs[0] for name, runs in learner.items() if runs})
   path = experiment.file(experiment.REPORT)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

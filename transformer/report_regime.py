@@ -117,6 +117,7 @@ def lines(pilots: dict[str, dict], baseline: Sequence[dict], no_positions: Seque
     out += [f"The study's runs train on {config.get('max_train_pairs') or 'all'} pairs of "
             f"`{config.get('dataset_name')}` for at most {config['num_train_steps']:,} steps, "
             f"stopped after {config.get('patience')} evaluations (every "
-            f"{config.get('eval_every_steps')} steps) without a new best validation BLEU. "
+            f"{config.get('eval_every_steps')} steps) without a gain of more than "
+            f"{config.get('patience_min_delta', 0.0):g} validation BLEU. "
             'Conditions on every baseline seed:', '']
   return out + check_lines(baseline, no_positions, references) + ['']
