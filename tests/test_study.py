@@ -84,7 +84,7 @@ def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
   """The same vocabulary trained twice differs in bytes (sentencepiece records its temporary
   folder) and is one vocabulary; another size is another one, and is refused."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  from transformer import cli, report  # pylint: disable=g-import-not-at-top
+  from transformer import cli, report, run_records  # pylint: disable=g-import-not-at-top
   text = tmp_path / 'text.txt'
   text.write_text(''.join(f'le mot {i} et la phrase {i * 7} du texte\n' for i in range(300)))
   runs = {'baseline': 40, 'pre_ln': 40, 'rms_norm': 41}
@@ -98,7 +98,7 @@ def test_report_refuses_runs_of_two_vocabularies_by_content_not_bytes(tmp_path):
         {'code_version': 'code-aaaa', 'diverged': False, 'bleu': 1.0}))
   same = [tmp_path / name / 'seed_0' / 'vocabulary.model' for name in ('baseline', 'pre_ln')]
   assert same[0].read_bytes() != same[1].read_bytes()
-  groups = report._group(workdir_lib.ExperimentDir(str(tmp_path)), ['baseline', 'pre_ln'])  # pylint: disable=protected-access
+  groups = run_records.group(workdir_lib.ExperimentDir(str(tmp_path)), ['baseline', 'pre_ln'])
   assert len(report.check_one_vocabulary(groups)) == 12
   with pytest.raises(cli.UserError, match='different vocabularies') as refused:
     report.write_report(str(tmp_path), variants=list(runs))
