@@ -88,7 +88,7 @@ def test_attention_reading_accounts_for_every_candidate(measured, bible_config,
   # Candidates: the test sources with a verb and its object, the rule read on the text. A
   # source longer than the model's max_len is cut, and may lose its pair.
   words = lambda text: verb_object.words_of(['▁' + w for w in text.split()])
-  has_pair = [verb_object.find_french_pair(words(fr)) is not None for fr, _ in test]
+  has_pair = [bool(verb_object.find_french_pairs(words(fr))) for fr, _ in test]
   fits = [len(bible_tokenizer.encode(fr)) < conftest.MAX_LEN for fr, _ in test]
   assert 0 < sum(p and f for p, f in zip(has_pair, fits)) <= out['candidates'] <= sum(has_pair)
   assert len(out['looping']) + out['untranslated'] + len(out['sentences']) == out['candidates']

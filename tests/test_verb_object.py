@@ -32,6 +32,16 @@ def test_the_french_verb_must_be_followed_by_its_object_over_determiners_only():
   assert verb_object.find_french_pair(words('Il vit et prit le pain')) == (3, 5)
 
 
+def test_every_pair_is_found_and_an_inverted_subject_is_no_object():
+  assert verb_object.find_french_pairs(words('Il prit le pain et bâtit un autel')) == [
+      (1, 3), (5, 7)]
+  # After que/comme the noun behind the verb is its subject, past clitics and auxiliaries.
+  assert verb_object.find_french_pairs(words("comme l a fait mon serviteur Job")) == []
+  assert verb_object.find_french_pairs(words('ce que fit le roi')) == []
+  # A subject before the verb: the noun after it is its object again.
+  assert verb_object.find_french_pairs(words('ce qu il fit au roi')) == [(3, 5)]
+
+
 def test_the_english_object_must_follow_the_english_verb():
   assert verb_object.find_english_pair(words('He built an altar there'), 'bâtit',
                                        'autel') == (1, 3)

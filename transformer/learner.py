@@ -64,19 +64,22 @@ def select(tokenizer, lines: Sequence[int], texts: Sequence[str],
 
   Each candidate is its line, text, and source and output ids (each ending with eos); its
   source has a verb and object of verb_object's lists. A looping output is set aside
-  whatever it contains; a source qualifies when its output has the verb's and then the
-  object's English words.
+  whatever it contains; a source qualifies when its output has the English words of one of
+  its verb-object pairs, verb then object (the first such pair is read).
   """
   qualifying, looping, untranslated = [], [], 0
   for line, text, source, output in zip(lines, texts, sources, outputs):
     translation = tokenizer.decode(output[:-1])
-    source_words = verb_object.words_of(_pieces(tokenizer, source[:-1]))
-    verb, obj = (source_words[i] for i in verb_object.find_french_pair(source_words))
     if verb_object.loops(translation):
       looping.append({'line': line, 'source': text, 'translation': translation})
       continue
+    source_words = verb_object.words_of(_pieces(tokenizer, source[:-1]))
     output_words = verb_object.words_of(_pieces(tokenizer, output[:-1]))
-    english = verb_object.find_english_pair(output_words, verb.text, obj.text)
+    found = ((source_words[v], source_words[o], english)
+             for v, o in verb_object.find_french_pairs(source_words)
+             if (english := verb_object.find_english_pair(
+                 output_words, source_words[v].text, source_words[o].text)) is not None)
+    verb, obj, english = next(found, (None, None, None))
     if english is None:
       untranslated += 1
       continue
@@ -125,7 +128,7 @@ def summarize(readings: Sequence[Sequence[dict]]) -> list[dict]:
 def attention_reading(workdir: str, pairs: Sequence[tuple[str, str]], out_dir: str) -> dict:
   """Where the object's translation looks, over every sentence of `pairs` that qualifies.
 
-  Candidates are the sources with a verb and its object (verb_object.find_french_pair);
+  Candidates are the sources with a verb and its object (verb_object.find_french_pairs);
   each is translated greedily, and qualifies when its translation is no loop and has both
   English words. The maps of the first qualifying sentence are drawn into `out_dir`.
   """

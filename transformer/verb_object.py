@@ -45,7 +45,13 @@ VERBS = {
     'servir': ('serve',), 'servirent': ('served',), 'craignez': ('fear',),
     'cherchez': ('seek',), 'abandonné': ('forsaken', 'forsook'),
     'abandonnèrent': ('forsook',), 'sauva': ('saved',), 'consacra': ('consecrated',),
-    'profané': ('profaned',),
+    'profané': ('profaned',), 'vis': ('saw',), 'entendre': ('hear',), 'bénir': ('bless',),
+    'mange': ('eat', 'eats'), 'répara': ('repaired',), 'donner': ('give',),
+    'donneras': ('give',), 'étend': ('stretches',), 'tend': ('stretches',),
+    'écouté': ('listened', 'heard'), 'posséderont': ('possess', 'inherit'),
+    'possèdent': ('possess',), 'mit': ('put', 'set'), 'mis': ('put', 'set'),
+    'louent': ('praise',), 'élève': ('lift', 'lifts'), 'élevait': ('lifted',),
+    'jetteront': ('cast', 'throw'), 'rejetèrent': ('rejected',), 'gardé': ('kept',),
 }
 # French noun -> its English forms.
 OBJECTS = {
@@ -63,13 +69,23 @@ OBJECTS = {
     'hommes': ('men',), 'enfants': ('children',), 'chair': ('flesh',), 'sang': ('blood',),
     'vin': ('wine',), 'bouche': ('mouth',), 'commandements': ('commandments',),
     'ordonnances': ('ordinances', 'statutes'), 'serviteur': ('servant',),
-    'serviteurs': ('servants',),
+    'serviteurs': ('servants',), 'idoles': ('idols',), 'livre': ('book',),
+    'frères': ('brothers',), 'lévites': ('levites',), 'justice': ('righteousness', 'justice'),
+    'nourriture': ('food',), 'pierre': ('stone',), 'montagne': ('mountain',),
+    'esprit': ('spirit',), 'lampe': ('lamp',), 'messagers': ('messengers',),
+    'vigne': ('vineyard',), 'portes': ('gates', 'doors'), 'peuples': ('peoples', 'nations'),
+    'fruit': ('fruit',), 'oeuvres': ('works',), 'royaume': ('kingdom',), 'choses': ('things',),
 }
 # Words allowed between the verb and its object: determiners and a few quantifiers.
 BETWEEN = frozenset(
     'le la les l un une des du de d sa son ses leur leurs mon ma mes ton ta tes notre votre '
     'nos vos ce cet cette ces au aux tout toute tous toutes second'.split())
 MAX_BETWEEN = 2
+# After these the subject may follow the verb ("ce que fit l'Éternel"), so a noun after the
+# verb is not read as its object; CLITICS (pronouns, auxiliaries) may stand between.
+INVERTING = frozenset('que qu comme où dont ainsi'.split())
+CLITICS = frozenset(
+    'l le la les lui leur en y se s me m te t nous vous a ont avait avaient eut'.split())
 
 
 class Word(NamedTuple):
@@ -93,17 +109,34 @@ def words_of(pieces: Sequence[str]) -> list[Word]:
           for m in re.finditer(r'\w+', text)]
 
 
-def find_french_pair(words: Sequence[Word]) -> Optional[tuple[int, int]]:
-  """(verb, object) word indices of the first verb of VERBS whose object follows."""
+def _inverted(words: Sequence[Word], verb: int) -> bool:
+  """Whether the verb follows a word after which French puts the subject behind the verb
+  ("comme l'a fait mon serviteur Job": Job did it), past clitics and auxiliaries."""
+  i = verb - 1
+  while i >= 0 and words[i].text in CLITICS:
+    i -= 1
+  return i >= 0 and words[i].text in INVERTING
+
+
+def find_french_pairs(words: Sequence[Word]) -> list[tuple[int, int]]:
+  """(verb, object) word indices of every verb of VERBS whose object follows, in order."""
+  pairs = []
   for i, word in enumerate(words):
-    if word.text not in VERBS:
+    if word.text not in VERBS or _inverted(words, i):
       continue
     for j in range(i + 1, min(i + 2 + MAX_BETWEEN, len(words))):
       if words[j].text in OBJECTS:
-        return i, j
+        pairs.append((i, j))
+        break
       if words[j].text not in BETWEEN:
         break
-  return None
+  return pairs
+
+
+def find_french_pair(words: Sequence[Word]) -> Optional[tuple[int, int]]:
+  """The first of find_french_pairs, or None."""
+  pairs = find_french_pairs(words)
+  return pairs[0] if pairs else None
 
 
 def find_english_pair(words: Sequence[Word], verb: str, obj: str) -> Optional[tuple[int, int]]:
