@@ -3,6 +3,7 @@
   python study.py --scale=small --experiment_dir=results/bible --parallel_runs=2
   python study.py --scale=small --experiment_dir=results/bible --max_minutes=170
   python study.py --scale=bible_base --dry_run     # the plan: steps, tokens, FLOPs, GPU hours
+  python study.py --scale=small --experiment_dir=results/bible --status   # what is done
 
 `--config.<field>=value` overrides a field of every run, exactly as in train.py. Re-run the
 same command after an interruption or --max_minutes: finished runs are skipped, an
@@ -32,6 +33,8 @@ _PARALLEL_RUNS = flags.DEFINE_integer('parallel_runs', 1, 'Runs that train at on
 _MAX_MINUTES = flags.DEFINE_float('max_minutes', None, 'Save and stop after this many minutes '
                                   '(a decoding under way finishes first).', lower_bound=0)
 _PILOT = flags.DEFINE_bool('pilot', False, "Train only the pilot's runs, which chose the regime.")
+_STATUS = flags.DEFINE_bool('status', False, 'Print where each run of --experiment_dir stands '
+                            '(finished, saved at a step, not started); nothing trains.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print every run's budget, FLOPs and estimated "
                              'GPU time; train nothing.')
 # Only the fields given on the command line are applied to every run (each variant keeps
@@ -53,6 +56,9 @@ def main(argv):
     return
   if not _EXPERIMENT_DIR.value:
     raise cli.UserError('--experiment_dir is required (except with --dry_run).')
+  if _STATUS.value:
+    print('\n'.join(study.progress(plan)))
+    return
   if _PILOT.value:
     study.run_pilot(_SCALE.value, _EXPERIMENT_DIR.value, _PARALLEL_RUNS.value, _MAX_MINUTES.value)
     return

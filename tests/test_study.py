@@ -221,6 +221,15 @@ def test_variants_close_to_the_baseline_get_more_seeds_and_so_does_the_baseline(
   assert study_plan.seeds_needed([5.0, 5.2, 4.8], [6.0, 6.2, 5.8]) == 3  # |diff| exactly 1.0
 
 
+def progress_row(plan: study.Study, run: str) -> list[str]:
+  """The cells after the run's name in study.progress's table."""
+  lines = study.progress(plan)
+  assert lines[-1].strip().endswith('(study_plan adds seeds where a variant ends close to '
+                                    'the baseline).')
+  return next([c.strip() for c in line.strip('|').split('|')][1:] for line in lines
+              if line.startswith(f'| {run} |'))
+
+
 def test_max_minutes_saves_and_the_same_call_resumes_to_the_end(bible_config, tmp_path,
                                                                  monkeypatch):
   """The clock jumps past --max_minutes after the step-2 checkpoint: the run saves and the
@@ -247,9 +256,13 @@ def test_max_minutes_saves_and_the_same_call_resumes_to_the_end(bible_config, tm
   assert study.run_study(plan, max_minutes=30) is None
   run = workdir_lib.ExperimentDir(str(tmp_path)).run('baseline')
   assert run.saved_steps() == [2] and run.result() is None
+  assert progress_row(plan, 'baseline/seed_0') == ['saved', '2 of 4', '–', '–', '–']
   monkeypatch.setattr(checkpoints.Checkpointer, 'save', real_save)
   assert study.run_study(plan, max_minutes=30) is not None
   assert run.result()['num_train_steps'] == 4 and run.saved_steps()[-1] == 4
+  result = run.result()
+  assert progress_row(plan, 'baseline/seed_0') == [
+      'finished', '4', str(result['step']), f"{result['bleu']:.2f}", 'test']
   assert [r['step'] for r in run.metrics() if 'train/loss' in r] == [1, 2, 3, 4]
   assert os.path.exists(run.hypotheses_path())
 

@@ -337,6 +337,41 @@ def run_study(study: Study, *, parallel_runs: int = 1,
   return report.write_report(experiment.path, variants=study.variants)
 
 
+def progress(study: Study) -> list[str]:
+  """Where each run of the study stands, read from its folder; nothing trains.
+
+  A run is finished (its BLEU on the split it was decoded on, the step it stopped at and
+  the step of the checkpoint it was scored at), diverged, saved at a step (the study
+  resumes it there), or not started. The seed runs listed are those the finished runs
+  decide so far: rates from the grid, more seeds once the first ones are in.
+  """
+  counts = dict.fromkeys(('finished', 'diverged', 'saved', 'not started'), 0)
+  lines = ['| run | state | steps trained | scored at step | BLEU | split |',
+           '|---|---|---|---|---|---|']
+  for name, config in {**study.grid_configs(),
+                       **study.seed_configs(study.seeds_of())}.items():
+    run = workdir_lib.Workdir(os.path.join(study.experiment.path, name))
+    result = run.result() if run.exists() else None
+    saved = run.saved_steps() if run.exists() and result is None else []
+    if result is not None:
+      state = 'diverged' if result['diverged'] else 'finished'
+      trained = result.get('stopped_early_at_step') or result['num_train_steps']
+      cells = [f'{trained:,}', f"{result['step']:,}" if 'step' in result else '–',
+               f"{result['bleu']:.2f}" if 'bleu' in result else '–', result.get('split', '–')]
+    elif saved:
+      state = 'saved'
+      cells = [f'{saved[-1]:,} of {config.num_train_steps:,}', '–', '–', '–']
+    else:
+      state = 'not started'
+      cells = ['0', '–', '–', '–']
+    counts[state] += 1
+    lines.append(f"| {name} | {state} | {' | '.join(cells)} |")
+  lines.append('\n' + ', '.join(f'{n} {state}' for state, n in counts.items()) +
+               f' of the {sum(counts.values())} runs known now (study_plan adds seeds where a '
+               'variant ends close to the baseline).')
+  return lines
+
+
 def _jobs(experiment: workdir_lib.ExperimentDir, configs: Mapping[str, ml_collections.ConfigDict]
           ) -> list[tuple[ml_collections.ConfigDict, str]]:
   return [(config, os.path.join(experiment.path, run)) for run, config in configs.items()]
