@@ -1,6 +1,7 @@
 """The learner section from hand-made measurements: each number said, beside its control."""
 
 import json
+import math
 import os
 
 from transformer import learner_report
@@ -89,12 +90,15 @@ def test_attention_is_said_beside_its_controls(tmp_path):
   assert '2 translations loop and are skipped, 2 lack the English words, and **5 qualify**' in text
   assert 'test lines 5, 7; for instance line 5: “the son of the son of the son”' in text
   assert '| 1 | 2.40× ± 0.50 | 1.10× ± 0.25 | 4 of 5 | 1.80× ± 0.30 | 1.70× ± 0.20 | 2.20× ± 0.10 |' in text
+  # Sign tests: 4 of 5 is p = 2 * (5 + 1) / 32 = 0.375; 3 of 5 is p = 1.
   assert ("attention to the object's source word is 2.40× uniform, against 1.10× for the "
-          'diagonal control; it is the larger in 4 of 5 sentences (the two spans overlap in 1). '
-          "The object's translation reads its source word beyond") in text
+          'diagonal control; it is the larger in 4 of 5 sentences (sign test p=0.375; the two '
+          'spans overlap in 1). More sentences favour content than position, but 5 sentences '
+          'cannot tell the two apart') in text
   assert ("self-attention on the verb's translation is 1.80× uniform, against 1.70× for any "
-          'row at the same distance back (3 of 5 sentences above it) and 2.20× for the '
-          "previous token; the verb's translation is the previous token in 2 of 5.") in text
+          'row at the same distance back (3 of 5 sentences above it, sign test p=1.000) and '
+          "2.20× for the previous token; the verb's translation is the previous token in 2 of "
+          '5.') in text
   assert '| cross | 0.70 | 0.30 |' in text
   assert '![cross](learner/attention/cross_layer1_head0.png)' in text
 
@@ -105,6 +109,16 @@ def test_attention_no_better_than_position_is_said_so(tmp_path):
   text = section(tmp_path, measured)
   assert 'it is the larger in 2 of 5 sentences' in text
   assert 'this reading does not show attention to content' in text
+
+
+def test_attention_to_content_is_said_when_the_sign_test_says_so(tmp_path):
+  measured = measurements(tmp_path)
+  measured['attention']['by_layer'][-1] = layer(2.4, 1.1, 15, sentences=18)
+  text = section(tmp_path, measured)
+  # 15 of 18: p = 2 * (C(18,15) + C(18,16) + C(18,17) + C(18,18)) / 2**18.
+  p = 2 * sum(math.comb(18, k) for k in range(15, 19)) / 2**18
+  assert f'it is the larger in 15 of 18 sentences (sign test p={p:.3f};' in text
+  assert "The object's translation reads its source word beyond what its position" in text
 
 
 def test_no_qualifying_sentence_is_said_so(tmp_path):

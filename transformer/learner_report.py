@@ -10,6 +10,8 @@ import json
 import os
 from typing import Optional, Sequence
 
+from scipy import stats
+
 from transformer import significance
 from transformer import workdir as workdir_lib
 
@@ -49,6 +51,27 @@ def _entropy_lines(attention: dict, experiment: workdir_lib.ExperimentDir) -> li
                    for kind in ('encoder_self', 'decoder_self', 'cross')]
   return lines + ['', f"(Last layer, head 0, of “{first['source']}” → “{first['translation']}”; "
                   f"all {attention['maps']} maps are in `{maps}/`.)", '']
+
+
+def _sign_p(above: int, n: int) -> float:
+  """Two-sided exact sign test of `above` of `n` sentences against a fair coin: how often
+  content and position would split this unevenly if neither led."""
+  return stats.binomtest(above, n).pvalue
+
+
+def _sign_test(above: int, n: int) -> str:
+  return f'sign test p={_sign_p(above, n):.3f}'
+
+
+def _verdict(above: int, n: int, content: str, position: str) -> str:
+  """content if the sentences favour content significantly, position if they do not lean
+  towards it, and "too few to tell" in between."""
+  if above > n / 2 and _sign_p(above, n) < significance.ALPHA:
+    return content
+  if above > n / 2:
+    return (f'More sentences favour content than position, but {n} sentences cannot tell '
+            f'the two apart (sign test p ≥ {significance.ALPHA:g}).')
+  return position
 
 
 def _looping_text(attention: dict) -> str:
@@ -100,20 +123,20 @@ def attention_lines(attention: dict, experiment: workdir_lib.ExperimentDir) -> l
         f"{_ratio(row['self_previous_token_ratio'], row['self_previous_token_ratio_sd'])} |")
   last = by_layer[-1]
   n = last['sentences']
-  content = last['object_above_diagonal'] > n / 2
+  above, verb_above = last['object_above_diagonal'], last['verb_above_same_distance']
   lines += [
       '', f"In the last layer, attention to the object's source word is "
       f"{_ratio(last['cross_object_ratio'])} uniform, against "
       f"{_ratio(last['cross_diagonal_ratio'])} for the diagonal control; it is the larger in "
-      f"{last['object_above_diagonal']} of {n} sentences "
-      f"(the two spans overlap in {last['diagonal_overlaps_object']}). " +
-      ("The object's translation reads its source word beyond what its position predicts."
-       if content else "Position predicts where the object's translation looks as well as "
-       'its source word does: this reading does not show attention to content.') +
+      f"{above} of {n} sentences ({_sign_test(above, n)}; the two spans overlap in "
+      f"{last['diagonal_overlaps_object']}). " + _verdict(
+          above, n, "The object's translation reads its source word beyond what its "
+          'position predicts.', "Position predicts where the object's translation looks as "
+          'well as its source word does: this reading does not show attention to content.') +
       f" Its self-attention on the verb's translation is {_ratio(last['self_verb_ratio'])} "
       f"uniform, against {_ratio(last['self_same_distance_ratio'])} for any row at the same "
-      f"distance back ({last['verb_above_same_distance']} of {n} sentences above it) and "
-      f"{_ratio(last['self_previous_token_ratio'])} for the previous token; the verb's "
+      f"distance back ({verb_above} of {n} sentences above it, {_sign_test(verb_above, n)}) "
+      f"and {_ratio(last['self_previous_token_ratio'])} for the previous token; the verb's "
       f"translation is the previous token in {last['verb_is_previous_token']} of {n}.", '']
   return lines
 
