@@ -13,6 +13,7 @@ import sacrebleu
 import test_learner_report
 from transformer import output_stats
 from transformer import report
+from transformer import report_grid
 from transformer import run_records
 from transformer import significance
 
@@ -116,10 +117,12 @@ def study_dir(tmp_path_factory):
   write_run(root / 'pilot' / 'pairs_3000' / 'seed_0', eval_losses=[3.0, 2.6, 2.7],
             train_losses=[3.0, 2.4, 2.2], eval_bleus=[4.0, 6.0, 5.5], hypotheses=None,
             budget=8000)
-  # The grid: the baseline diverges at 2x; pre_ln ignores the source at 0.5x, best at 2x.
+  # The grid: the baseline diverges at 2x; pre_ln ignores the source at 0.5x, is best at 2x,
+  # and so was trained at 4x too, where it is worse.
   grid = {('baseline', 0.5): degrade(VALIDATION, 2, 0), ('baseline', 1.0): degrade(VALIDATION, 4, 0),
           ('baseline', 2.0): None, ('pre_ln', 0.5): ['a bird called friends .'] * len(VALIDATION),
-          ('pre_ln', 1.0): degrade(VALIDATION, 2, 1), ('pre_ln', 2.0): degrade(VALIDATION, 6, 1)}
+          ('pre_ln', 1.0): degrade(VALIDATION, 2, 1), ('pre_ln', 2.0): degrade(VALIDATION, 6, 1),
+          ('pre_ln', 4.0): degrade(VALIDATION, 1, 2)}
   for (variant, factor), hypotheses in grid.items():
     write_run(root / 'lr_grid' / f'{variant}_lr{factor:g}x' / 'seed_0', eval_losses=[3.0, 2.5],
               train_losses=[3.0, 2.4], hypotheses=hypotheses, diverged=hypotheses is None,
@@ -198,11 +201,26 @@ def test_grid_marks_the_chosen_rate_by_source_use(study_dir):
   use = output_stats.source_use(['a bird called friends .'] * len(VALIDATION), VALIDATION)
   assert rows['pre_ln 0.5×'][4] == f"{use['shuffled_bleu']:.2f}"
   bleu = lambda h: sacrebleu.corpus_bleu(h, [VALIDATION]).score
-  # pre_ln: 2x beats 1x on validation BLEU, and 0.5x does not count: 2x is chosen.
-  assert bleu(degrade(VALIDATION, 6, 1)) > bleu(degrade(VALIDATION, 2, 1))
+  # pre_ln: 2x beats 1x and 4x on validation BLEU, and 0.5x does not count: 2x is chosen.
+  assert bleu(degrade(VALIDATION, 6, 1)) > max(bleu(degrade(VALIDATION, 2, 1)),
+                                               bleu(degrade(VALIDATION, 1, 2)))
   assert rows['pre_ln 2×'][6:] == ['trained', '✓'] and rows['pre_ln 1×'][7] == ''
+  assert rows['pre_ln 4×'][6:] == ['trained', '']
+  assert 'At the edge of the rates tried' not in text
   assert rows['baseline 1×'][7] == '✓'  # 0.5x drops more words than 1x; 2x diverged.
   assert 'rms_norm' not in ''.join(rows)  # No grid runs: no rows.
+
+
+def test_a_rate_chosen_at_the_grids_outer_edge_is_said_to_be_one(tmp_path):
+  point = lambda bleu: {'status': 'trained', 'learning_rate': 1e-3, 'bleu': bleu,
+                        'shuffled_bleu': 0.5, 'distinct': 1.0, 'uses_source': True}
+  # Best at 4x, the largest rate the grid may train; rms_norm's 1x is unfinished.
+  points = {'rezero': {f: point(f) for f in (0.5, 1.0, 2.0, 4.0)},
+            'rms_norm': {0.5: point(1.0), 1.0: {'status': 'unfinished', 'learning_rate': 1e-3}}}
+  text = '\n'.join(report_grid.lines(points, str(tmp_path)))
+  assert 'At the edge of the rates tried, and so perhaps short of its best: rezero (4×).' in text
+  assert '| rms_norm | 2× | – | – | – | – | not run | |' in text
+  assert 'No rate chosen yet for rms_norm' in text
 
 
 def holm_by_hand(p_values):

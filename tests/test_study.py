@@ -178,7 +178,7 @@ def test_each_norm_variant_takes_its_grids_best_rate_that_uses_the_source(tmp_pa
   partial = [r.rsplit(' ', 2)[0] for r in references]
   exact = list(references)
   points = {'baseline': {0.5: partial, 1.0: exact, 2.0: 'diverged'},
-            'pre_ln': {0.5: exact, 1.0: constant, 2.0: exact}}
+            'pre_ln': {0.25: partial, 0.5: exact, 1.0: exact, 2.0: constant}}
   for variant, by_factor in points.items():
     for factor, hypotheses in by_factor.items():
       run_dir = tmp_path / study_plan.grid_name(variant, factor) / 'seed_0'
@@ -189,8 +189,9 @@ def test_each_norm_variant_takes_its_grids_best_rate_that_uses_the_source(tmp_pa
         _finish(run_dir, bleu=corpus_bleu(hypotheses, [references]).score, split='validation',
                 hypotheses=hypotheses)
   plan = study.Study('small', str(tmp_path), variants=['baseline', 'pre_ln', 'no_dropout'])
-  # pre_ln: 0.5 and 2.0 tie (ties go to the smaller rate); 1.0 emits one string whatever the
-  # source. no_dropout: the baseline's network, the baseline's rate.
+  # pre_ln: 2.0 emits one string whatever the source; 0.5 and 1.0 tie (ties go to the
+  # smaller rate), and 0.5 being the grid's smallest, 0.25 was trained too and is worse.
+  # no_dropout: the baseline's network, the baseline's rate.
   assert plan.factors() == {'baseline': 1.0, 'pre_ln': 0.5, 'no_dropout': 1.0}
   rates = {name: config.learning_rate for name, config in plan.seed_configs(
       {'baseline': 1, 'pre_ln': 1, 'no_dropout': 1}).items()}
@@ -207,6 +208,46 @@ def test_a_grid_where_no_rate_uses_the_source_falls_back_to_the_configured_rate(
     _finish(tmp_path / study_plan.grid_name('baseline', factor) / 'seed_0', bleu=1.0,
             split='validation', hypotheses=['line of the text'] * 20)
   assert study.Study('small', str(tmp_path), variants=['baseline']).factors() == {'baseline': 1.0}
+
+
+def test_a_grid_whose_best_rate_is_an_edge_trains_past_it(tmp_path, monkeypatch):
+  """Validation BLEU rises with the rate up to 2x and falls at 4x: the study trains the grid,
+  then 4x, and chooses 2x; a variant best at 0.5x gets 0.25x, and no grid goes past
+  EDGE_FACTORS."""
+  from sacrebleu import corpus_bleu  # pylint: disable=g-import-not-at-top
+  references = [f'and the man {i} went to the city of {i * 3}' for i in range(40)]
+  (tmp_path / workdir_lib.ExperimentDir.VALIDATION_REFERENCES).write_text(
+      ''.join(r + '\n' for r in references))
+  words_dropped = {'baseline': {0.5: 3, 1.0: 2, 2.0: 1, 4.0: 2},
+                   'pre_ln': {0.25: 1, 0.5: 0, 1.0: 2, 2.0: 3}}
+  batches = []
+
+  def fake_run_jobs(jobs, parallel_runs, stop_at, split='test'):
+    del parallel_runs, stop_at
+    if split != study_plan.GRID_SPLIT:
+      raise study.TimeUp()  # The grid is what this test is about.
+    batches.append(sorted(os.path.relpath(workdir, tmp_path) for _, workdir in jobs))
+    for _, workdir in jobs:
+      if not os.path.exists(os.path.join(workdir, workdir_lib.RESULT)):
+        name = os.path.relpath(workdir, tmp_path).split('/')[1]
+        variant, factor = name.split('_lr')[0], float(name.split('_lr')[1].rstrip('x'))
+        dropped = words_dropped[variant][factor]
+        hypotheses = [r.rsplit(' ', dropped)[0] if dropped else r for r in references]
+        _finish(workdir, bleu=corpus_bleu(hypotheses, [references]).score,
+                split='validation', hypotheses=hypotheses)
+
+  monkeypatch.setattr(study, '_run_jobs', fake_run_jobs)
+  monkeypatch.setattr(study, 'write_references', lambda config, experiment: None)
+  plan = study.Study('small', str(tmp_path), variants=['baseline', 'pre_ln'], learner=False,
+                     reruns=False)
+  assert study.run_study(plan, max_minutes=60) is None  # The fake stops it at the seeds.
+  grid = lambda variant, factors: [f'lr_grid/{variant}_lr{f:g}x/seed_0' for f in factors]
+  first = sorted(grid('baseline', (0.5, 1, 2)) + grid('pre_ln', (0.5, 1, 2)))
+  extended = sorted(grid('baseline', (0.5, 1, 2, 4)) + grid('pre_ln', (0.25, 0.5, 1, 2)))
+  assert batches == [first, extended]  # Then the grid calls for nothing more.
+  assert plan.factors() == {'baseline': 2.0, 'pre_ln': 0.5}
+  assert study_plan.grid_factors({f: {'bleu': f, 'uses_source': True}
+                                  for f in (0.5, 1.0, 2.0, 4.0)}) == [0.5, 1.0, 2.0, 4.0]
 
 
 def test_variants_close_to_the_baseline_get_more_seeds_and_so_does_the_baseline(tmp_path):

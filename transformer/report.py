@@ -162,7 +162,7 @@ def write_report(experiment_dir: str, *,
   experiment = workdir_lib.ExperimentDir(experiment_dir)
   groups = run_records.group(experiment, variants)
   grid_names = [study_plan.grid_name(v, f) for v in study_plan.NORM_VARIANTS
-                for f in study_plan.LR_FACTORS]
+                for f in study_plan.all_grid_factors()]
   learner = run_records.group(experiment, list(study_plan.LEARNER_RUNS))
   checked = {**groups, **run_records.group(experiment, grid_names), **learner}
   code_version = check_one_code_version(checked)

@@ -1,5 +1,6 @@
-"""The learning-rate grid: each norm variant at study_plan.LR_FACTORS times its rate, judged on
-the validation split by whether it trained a model that uses the source, and the rate chosen.
+"""The learning-rate grid: each norm variant at study_plan.LR_FACTORS times its rate (extended
+where the best is an edge: study_plan.grid_factors), judged on the validation split by
+whether it trained a model that uses the source, and the rate chosen.
 
 A run that keeps finite losses can still ignore its input and emit a few frequent strings;
 BLEU alone scores that as a weak model (the first study called 7 such DeepNorm runs
@@ -35,7 +36,7 @@ def grid_points(experiment: workdir_lib.ExperimentDir) -> dict[str, dict[float, 
   points = {}
   for variant in study_plan.NORM_VARIANTS:
     found = {}
-    for factor in study_plan.LR_FACTORS:
+    for factor in study_plan.all_grid_factors():
       run = experiment.run(study_plan.grid_name(variant, factor))
       if not run.exists():
         continue
@@ -56,13 +57,25 @@ def grid_points(experiment: workdir_lib.ExperimentDir) -> dict[str, dict[float, 
   return points
 
 
+def _judged(found: dict[float, dict]) -> dict[float, dict]:
+  """The finished points of one variant, as study_plan's rules read them."""
+  return {factor: point for factor, point in found.items() if point['status'] in _JUDGED}
+
+
+def factors_of(found: dict[float, dict]) -> list[float]:
+  """The factors one variant's grid trains now: study_plan.grid_factors of its points."""
+  return study_plan.grid_factors(_judged(found))
+
+
 def choices(points: dict[str, dict[float, dict]]) -> dict[str, Optional[float]]:
-  """{variant: study_plan.choose_factor of its points} (None: not chosen yet, or no rate
-  trained a model that uses the source)."""
-  judged = lambda point: point if point and point['status'] in _JUDGED else None
-  return {variant: study_plan.choose_factor({factor: judged(found.get(factor))
-                                             for factor in study_plan.LR_FACTORS})
-          for variant, found in points.items()}
+  """{variant: study_plan.choose_factor over its grid_factors} (None: not chosen yet, or no
+  rate trained a model that uses the source)."""
+  out = {}
+  for variant, found in points.items():
+    judged = _judged(found)
+    out[variant] = study_plan.choose_factor(
+        {factor: judged.get(factor) for factor in study_plan.grid_factors(judged)})
+  return out
 
 
 def lines(points: dict[str, dict[float, dict]], plot_dir: str) -> list[str]:
@@ -70,10 +83,13 @@ def lines(points: dict[str, dict[float, dict]], plot_dir: str) -> list[str]:
   if not points:
     return []
   chosen = choices(points)
+  low, high = study_plan.EDGE_FACTORS
   out = ['## Learning rate: the grid', '',
          f'Each norm variant at {", ".join(f"{f:g}×" for f in study_plan.LR_FACTORS)} its '
          f'configured peak rate, one seed, {study_plan.GRID_FRACTION:.0%} of the budget, '
-         f'decoded on the {study_plan.GRID_SPLIT} split (the test split stays unseen). '
+         f'decoded on the {study_plan.GRID_SPLIT} split (the test split stays unseen); where '
+         'the best of these is the largest (smallest), twice (half) that rate is trained too, '
+         f'from {low:g}× to {high:g}× at most (study_plan.grid_factors). '
          '"ignores the source": its BLEU against the references in shuffled order is within '
          f'{output_stats.MIN_SOURCE_GAIN:g} of its BLEU, or fewer than '
          f'{output_stats.MIN_DISTINCT:.0%} of its outputs differ (output_stats.source_use). '
@@ -84,7 +100,7 @@ def lines(points: dict[str, dict[float, dict]], plot_dir: str) -> list[str]:
          '| distinct outputs | status | chosen |', '|---|---|---|---|---|---|---|---|']
   fmt = lambda point, key, spec: format(point[key], spec) if key in point else '–'
   for variant, found in points.items():
-    for factor in study_plan.LR_FACTORS:
+    for factor in sorted(set(factors_of(found)) | set(found)):
       point = found.get(factor)
       if point is None:
         out.append(f'| {variant} | {factor:g}× | – | – | – | – | not run | |')
@@ -95,6 +111,11 @@ def lines(points: dict[str, dict[float, dict]], plot_dir: str) -> list[str]:
           f"| {fmt(point, 'shuffled_bleu', '.2f')} | {distinct} | {point['status']} "
           f"| {'✓' if chosen[variant] == factor else ''} |")
   out.append('')
+  edges = [variant for variant, factor in chosen.items()
+            if factor is not None and factor in (low, high)]
+  if edges:
+    out += [f"At the edge of the rates tried, and so perhaps short of its best: "
+            f"{', '.join(f'{v} ({chosen[v]:g}×)' for v in edges)}.", '']
   unchosen = [v for v, factor in chosen.items() if factor is None]
   if unchosen:
     out += [f"No rate chosen yet for {', '.join(unchosen)}: a grid run is unfinished, or none "

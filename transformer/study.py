@@ -181,10 +181,12 @@ class Study:
     return config
 
   def grid_configs(self) -> dict[str, ml_collections.ConfigDict]:
-    """The grid: each norm variant studied at every factor, one seed, a short budget."""
+    """The grid: each norm variant studied at every factor its finished grid runs call for
+    (study_plan.grid_factors), one seed, a short budget."""
+    points = report_grid.grid_points(self.experiment) if self.experiment else {}
     out = {}
     for variant in [v for v in self.variants if v in plan_lib.NORM_VARIANTS] if self.lr_grid else ():
-      for factor in plan_lib.LR_FACTORS:
+      for factor in report_grid.factors_of(points.get(variant, {})):
         config = self.config(variant, factor=factor)
         grid = {'patience': 0}
         if config.num_train_steps:
@@ -323,8 +325,10 @@ def run_study(study: Study, *, parallel_runs: int = 1,
   first = study.config(study.variants[0])
   write_references(first, experiment)
   try:
-    _run_jobs(_jobs(experiment, study.grid_configs()), parallel_runs, stop_at,
-              split=plan_lib.GRID_SPLIT)
+    grid, trained = study.grid_configs(), {}
+    while grid.keys() != trained.keys():  # A finished grid can call for a rate past its edge.
+      _run_jobs(_jobs(experiment, grid), parallel_runs, stop_at, split=plan_lib.GRID_SPLIT)
+      grid, trained = study.grid_configs(), grid
     seeds = {v: study.seeds for v in study.variants}
     _run_jobs(_jobs(experiment, study.seed_configs(seeds)), parallel_runs, stop_at)
     _run_jobs(_jobs(experiment, study.seed_configs(study.seeds_of())), parallel_runs, stop_at)

@@ -3,7 +3,9 @@
 The study runs in stages; what a later stage trains depends on what an earlier one found:
 
 1. The learning-rate grid: every norm variant (NORM_VARIANTS) at each of LR_FACTORS times
-   its configured rate, one seed, GRID_STEPS steps, decoded on the validation split.
+   its configured rate, one seed, GRID_FRACTION of the budget, decoded on the validation
+   split; where the best rate is the grid's largest (smallest), twice (half) that rate is
+   added, within EDGE_FACTORS (`grid_factors`), so that a chosen rate is not an edge.
 2. The seeds: every variant at the rate the grid chose for it (`choose_factor`; a variant
    that changes no norm takes the baseline's), FIRST_SEEDS seeds, each trained until its
    validation BLEU stops improving (the regime's patience) or its budget ends.
@@ -55,6 +57,9 @@ PILOT_RUNS = {
 
 LR_GRID_DIR = 'lr_grid'
 LR_FACTORS = (0.5, 1.0, 2.0)
+# How far the grid may extend past LR_FACTORS when its best rate is an edge: one doubling
+# up, one halving down.
+EDGE_FACTORS = (0.25, 4.0)
 GRID_FRACTION = 0.25  # Of the regime's step budget; evaluated as the regime is, no patience.
 GRID_SPLIT = 'validation'  # Rates are chosen on validation; the test split stays unseen.
 
@@ -95,6 +100,35 @@ def choose_factor(points: Mapping[float, Optional[dict]]) -> Optional[float]:
   if not usable:
     return None
   return max(sorted(usable), key=lambda factor: usable[factor])
+
+
+def grid_factors(points: Mapping[float, Optional[dict]]) -> list[float]:
+  """The factors one variant's grid trains, in increasing order: LR_FACTORS, then twice
+  the largest while the best (choose_factor) is the largest, and half the smallest while it
+  is the smallest, within EDGE_FACTORS. `points` holds the finished ones as choose_factor
+  reads them; an extension waits for every factor before it to finish.
+  """
+  factors = sorted(LR_FACTORS)
+  while True:
+    best = choose_factor({factor: points.get(factor) for factor in factors})
+    if best is not None and best == factors[-1] and best * 2 <= EDGE_FACTORS[1]:
+      factors.append(best * 2)
+    elif best is not None and best == factors[0] and best / 2 >= EDGE_FACTORS[0]:
+      factors.insert(0, best / 2)
+    else:
+      return factors
+
+
+def all_grid_factors() -> list[float]:
+  """Every factor a grid can train (LR_FACTORS and its extensions), in increasing order."""
+  factors, low, high = set(LR_FACTORS), min(LR_FACTORS), max(LR_FACTORS)
+  while low / 2 >= EDGE_FACTORS[0]:
+    low /= 2
+    factors.add(low)
+  while high * 2 <= EDGE_FACTORS[1]:
+    high *= 2
+    factors.add(high)
+  return sorted(factors)
 
 
 def seeds_needed(variant_bleus: Sequence[float], baseline_bleus: Sequence[float], *,
