@@ -6,7 +6,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).parent.parent
 PACKAGE = ROOT / 'transformer'
 # Lowest layer first, as in README.md's Layout section: a module imports only earlier ones.
-ORDER = ('config_utils', 'cli', 'variants', 'provenance', 'sharding', 'metrics', 'plots',
+ORDER = ('config_utils', 'cli', 'processes', 'variants', 'provenance', 'sharding', 'metrics', 'plots',
          'significance', 'output_stats', 'study_plan', 'claims', 'datasets', 'tokenizer',
          'input_pipeline', 'norms', 'models', 'flops', 'losses', 'optim', 'search',
          'config_checks', 'steps', 'checkpoints', 'workdir', 'translator', 'training',

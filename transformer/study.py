@@ -9,11 +9,10 @@ skipped, so the study can be re-run after any interruption, or stopped on purpos
 files the runs wrote. The entry point is the top-level study.py.
 """
 
-from concurrent import futures
 import functools
 import math
-import multiprocessing
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -31,6 +30,7 @@ from transformer import inference
 from transformer import input_pipeline
 from transformer import learner as learner_lib
 from transformer import models
+from transformer import processes
 from transformer import provenance
 from transformer import report
 from transformer import report_grid
@@ -279,22 +279,44 @@ def _run_jobs(jobs: Sequence[tuple[ml_collections.ConfigDict, str]], parallel_ru
   """run_one on each (config, workdir), `parallel_runs` at once, each in its own process.
 
   Raises TimeUp once `stop_at` has passed: before a run starts, or when one was stopped by it.
+  A run that fails stops the others (each saves) and is raised as a UserError.
   """
   for config, _ in jobs:  # Every run's config is checked before the first trains.
     config_checks.validate(config)
-  run = functools.partial(_run_before_deadline, split=split, stop_at=stop_at)
   if parallel_runs > 1 and len(jobs) > 1:
     # Built here once: runs starting together would each build the dataset and vocabulary.
     for data in {(c.dataset_name, c.data_dir, c.vocab_size): c for c, _ in jobs}.values():
       input_pipeline.prepare_vocabulary(data)
-    context = multiprocessing.get_context('spawn')  # A forked JAX runtime is not safe.
-    with futures.ProcessPoolExecutor(parallel_runs, mp_context=context) as pool:
-      finished = [pool.submit(run, *job) for job in jobs]
-      results = [done.result() for done in finished]
-  else:
-    results = [run(*job) for job in jobs]
-  if any(result is None for result in results):
-    raise TimeUp()
+    try:
+      statuses = processes.run(_run_process, [(c, w, split, stop_at) for c, w in jobs],
+                               parallel_runs)
+    except processes.Interrupted:
+      raise RunInterrupted('SIGTERM: every run under way was stopped and saved; the same '
+                           'command resumes them.') from None
+    failed = [workdir for (_, workdir), status in zip(jobs, statuses)
+              if status not in (None, 0, processes.DEADLINE_EXIT)]
+    if failed:
+      raise cli.UserError(f"{', '.join(failed)} ended with an error (above); the runs under "
+                          'way were stopped and saved, and the same command resumes them.')
+    if any(status != 0 for status in statuses):
+      raise TimeUp()
+    return
+  for config, workdir in jobs:
+    if _run_before_deadline(config, workdir, split=split, stop_at=stop_at) is None:
+      raise TimeUp()
+
+
+def _run_process(config: ml_collections.ConfigDict, workdir: str, split: str,
+                 stop_at: Optional[float]) -> None:
+  """One run in its own process (processes.run): exit status 0 when it finished,
+  processes.DEADLINE_EXIT when `stop_at` stopped it (saved), 1 after an error."""
+  try:
+    result = _run_before_deadline(config, workdir, split=split, stop_at=stop_at)
+  except cli.UserError as e:  # A stop by Ctrl-C or SIGTERM is one too: saved.
+    logging.error('%s', e)
+    sys.exit(1)
+  if result is None:
+    sys.exit(processes.DEADLINE_EXIT)
 
 
 def _run_before_deadline(config: ml_collections.ConfigDict, workdir: str, *, split: str,
