@@ -312,7 +312,10 @@ def _run_process(config: ml_collections.ConfigDict, workdir: str, split: str,
   processes.DEADLINE_EXIT when `stop_at` stopped it (saved), 1 after an error."""
   try:
     result = _run_before_deadline(config, workdir, split=split, stop_at=stop_at)
-  except cli.UserError as e:  # A stop by Ctrl-C or SIGTERM is one too: saved.
+  except RunInterrupted as e:  # Ctrl-C or SIGTERM: saved.
+    logging.warning('%s', e)
+    sys.exit(1)
+  except cli.UserError as e:
     logging.error('%s', e)
     sys.exit(1)
   if result is None:
