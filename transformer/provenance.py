@@ -17,8 +17,9 @@ import subprocess
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What trains a run and scores it: configs, data, model, step, loop, search. Every other file
-# of transformer/ only reads what runs wrote (REPORTING_CODE); tests/test_provenance.py
-# checks that each module is in one of the two.
+# of transformer/ reads what runs wrote or schedules them, and changes no number a run
+# computes (REPORTING_CODE); tests/test_provenance.py checks that each module is in one of
+# the two.
 TRAINING_CODE = (
     'configs/*.py', 'transformer/datasets/*.py', 'transformer/datasets/data/*',
     'transformer/checkpoints.py', 'transformer/config_utils.py', 'transformer/inference.py',
@@ -33,7 +34,8 @@ REPORTING_CODE = (
     'transformer/__init__.py', 'transformer/attention_maps.py', 'transformer/claims.py',
     'transformer/cli.py', 'transformer/config_checks.py', 'transformer/flops.py',
     'transformer/learner.py', 'transformer/learner_report.py',
-    'transformer/output_stats.py', 'transformer/plots.py', 'transformer/provenance.py',
+    'transformer/output_stats.py', 'transformer/plots.py', 'transformer/processes.py',
+    'transformer/provenance.py',
     'transformer/report.py', 'transformer/report_grid.py', 'transformer/report_regime.py',
     'transformer/report_tables.py', 'transformer/run_records.py',
     'transformer/significance.py', 'transformer/study.py', 'transformer/study_plan.py',
