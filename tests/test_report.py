@@ -214,11 +214,11 @@ def test_grid_marks_the_chosen_rate_by_source_use(study_dir):
 def test_a_rate_chosen_at_the_grids_outer_edge_is_said_to_be_one(tmp_path):
   point = lambda bleu: {'status': 'trained', 'learning_rate': 1e-3, 'bleu': bleu,
                         'shuffled_bleu': 0.5, 'distinct': 1.0, 'uses_source': True}
-  # Best at 4x, the largest rate the grid may train; rms_norm's 1x is unfinished.
-  points = {'rezero': {f: point(f) for f in (0.5, 1.0, 2.0, 4.0)},
+  # Best at 8x, the largest rate the grid may train; rms_norm's 1x is unfinished.
+  points = {'rezero': {f: point(f) for f in (0.5, 1.0, 2.0, 4.0, 8.0)},
             'rms_norm': {0.5: point(1.0), 1.0: {'status': 'unfinished', 'learning_rate': 1e-3}}}
   text = '\n'.join(report_grid.lines(points, str(tmp_path)))
-  assert 'At the edge of the rates tried, and so perhaps short of its best: rezero (4×).' in text
+  assert 'At the edge of the rates tried, and so perhaps short of its best: rezero (8×).' in text
   assert '| rms_norm | 2× | – | – | – | – | not run | |' in text
   assert 'No rate chosen yet for rms_norm' in text
 

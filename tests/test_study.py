@@ -212,7 +212,7 @@ def test_a_grid_where_no_rate_uses_the_source_falls_back_to_the_configured_rate(
 
 def test_a_grid_whose_best_rate_is_an_edge_trains_past_it(tmp_path, monkeypatch):
   """Validation BLEU rises with the rate up to 2x and falls at 4x: the study trains the grid,
-  then 4x, and chooses 2x; a variant best at 0.5x gets 0.25x, and no grid goes past
+  then 4x, and chooses 2x; a variant best at 0.5x gets 0.25x; no grid goes past
   EDGE_FACTORS."""
   from sacrebleu import corpus_bleu  # pylint: disable=g-import-not-at-top
   references = [f'and the man {i} went to the city of {i * 3}' for i in range(40)]
@@ -246,8 +246,11 @@ def test_a_grid_whose_best_rate_is_an_edge_trains_past_it(tmp_path, monkeypatch)
   extended = sorted(grid('baseline', (0.5, 1, 2, 4)) + grid('pre_ln', (0.25, 0.5, 1, 2)))
   assert batches == [first, extended]  # Then the grid calls for nothing more.
   assert plan.factors() == {'baseline': 2.0, 'pre_ln': 0.5}
-  assert study_plan.grid_factors({f: {'bleu': f, 'uses_source': True}
-                                  for f in (0.5, 1.0, 2.0, 4.0)}) == [0.5, 1.0, 2.0, 4.0]
+  # Better at every larger rate: doubled up to the edge, and no further.
+  better_up = {f: {'bleu': f, 'uses_source': True} for f in study_plan.all_grid_factors()}
+  assert study_plan.grid_factors(better_up) == [
+      f for f in study_plan.all_grid_factors() if f >= min(study_plan.LR_FACTORS)]
+  assert max(study_plan.all_grid_factors()) == study_plan.EDGE_FACTORS[1]
 
 
 def test_variants_close_to_the_baseline_get_more_seeds_and_so_does_the_baseline(tmp_path):

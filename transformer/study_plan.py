@@ -57,9 +57,9 @@ PILOT_RUNS = {
 
 LR_GRID_DIR = 'lr_grid'
 LR_FACTORS = (0.5, 1.0, 2.0)
-# How far the grid may extend past LR_FACTORS when its best rate is an edge: one doubling
-# up, one halving down.
-EDGE_FACTORS = (0.25, 4.0)
+# How far the grid may extend past LR_FACTORS when its best rate is an edge: two doublings
+# up, two halvings down.
+EDGE_FACTORS = (0.125, 8.0)
 GRID_FRACTION = 0.25  # Of the regime's step budget; evaluated as the regime is, no patience.
 GRID_SPLIT = 'validation'  # Rates are chosen on validation; the test split stays unseen.
 
