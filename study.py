@@ -4,6 +4,7 @@
   python study.py --scale=small --experiment_dir=results/bible --max_minutes=170
   python study.py --scale=bible_base --dry_run     # the plan: steps, tokens, FLOPs, GPU hours
   python study.py --scale=small --experiment_dir=results/bible --status   # what is done
+  python study.py --scale=small --experiment_dir=results/bible --report   # REPORT.md again
 
 `--config.<field>=value` overrides a field of every run, exactly as in train.py. Re-run the
 same command after an interruption or --max_minutes: finished runs are skipped, an
@@ -35,6 +36,9 @@ _MAX_MINUTES = flags.DEFINE_float('max_minutes', None, 'Save and stop after this
 _PILOT = flags.DEFINE_bool('pilot', False, "Train only the pilot's runs, which chose the regime.")
 _STATUS = flags.DEFINE_bool('status', False, 'Print where each run of --experiment_dir stands '
                             '(finished, saved at a step, not started); nothing trains.')
+_REPORT = flags.DEFINE_bool('report', False, 'Write REPORT.md from the finished runs of '
+                            '--experiment_dir, whichever code version trained them; nothing '
+                            'trains.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, "Print every run's budget, FLOPs and estimated "
                              'GPU time; train nothing.')
 # Only the fields given on the command line are applied to every run (each variant keeps
@@ -58,6 +62,9 @@ def main(argv):
     raise cli.UserError('--experiment_dir is required (except with --dry_run).')
   if _STATUS.value:
     print('\n'.join(study.progress(plan)))
+    return
+  if _REPORT.value:
+    logging.info('Report written to %s', study.report_finished(plan))
     return
   if _PILOT.value:
     study.run_pilot(_SCALE.value, _EXPERIMENT_DIR.value, _PARALLEL_RUNS.value, _MAX_MINUTES.value)

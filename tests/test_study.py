@@ -68,6 +68,21 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   with open(again) as f:
     assert table_rows(f.read()) == rows
 
+  # Once the training code has moved on, the study refuses to go on with these runs, and
+  # --report still writes their report; a study with a run left to train gets none.
+  from transformer import cli, provenance  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(provenance, 'code_version', lambda: 'code-ffffffffffffffff')
+  with pytest.raises(cli.UserError, match='finished by code'):
+    study.run_study(plan)
+  with open(study.report_finished(plan)) as f:
+    assert table_rows(f.read()) == rows
+  assert os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl')) == mtime
+  bigger = study.Study('small', str(tmp_path), variants=['baseline', 'pre_ln', 'rms_norm'],
+                       seeds=1, more_seeds=1, lr_grid=False, learner=False, reruns=False,
+                       overrides=plan.overrides)
+  with pytest.raises(cli.UserError, match=r'1 runs of the study are not finished \(rms_norm'):
+    study.report_finished(bigger)
+
 
 def test_report_refuses_runs_of_two_code_versions(tmp_path):
   from transformer import cli, report  # pylint: disable=g-import-not-at-top

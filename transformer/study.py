@@ -88,7 +88,8 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, *, split: str = 'te
       raise cli.UserError(
           f'{workdir} was finished by code {trained_by}, this checkout is {version}: one '
           'study holds runs of one code version. Give a new --experiment_dir (or move that '
-          'run away to retrain it).')
+          'run away to retrain it); study.py --report writes the report of a finished '
+          'study from its runs as they are.')
     run.check_before_training(config)  # A finished run of another experiment is refused.
     recorded = run.config()
     if (config.num_train_steps in (0, recorded.num_train_steps) and
@@ -377,8 +378,7 @@ def progress(study: Study) -> list[str]:
   counts = dict.fromkeys(('finished', 'diverged', 'saved', 'not started'), 0)
   lines = ['| run | state | steps trained | scored at step | BLEU | split |',
            '|---|---|---|---|---|---|']
-  for name, config in {**study.grid_configs(),
-                       **study.seed_configs(study.seeds_of())}.items():
+  for name, config in _known_runs(study).items():
     run = workdir_lib.Workdir(os.path.join(study.experiment.path, name))
     result = run.result() if run.exists() else None
     saved = run.saved_steps() if run.exists() and result is None else []
@@ -399,6 +399,43 @@ def progress(study: Study) -> list[str]:
                f' of the {sum(counts.values())} runs known now (study_plan adds seeds where a '
                'variant ends close to the baseline).')
   return lines
+
+
+def report_finished(study: Study) -> str:
+  """REPORT.md from the study's finished runs, training nothing; returns its path.
+
+  For a study whose runs are all finished, whichever code version trained them: run_study
+  refuses finished runs of another version (it would mix them with the runs it trains),
+  so once the training code moves on, this is how the committed runs give their report
+  again. The learner's measurements are reused where they were written; the report still
+  refuses runs of more than one version.
+  """
+  experiment = study.experiment
+  results = {name: workdir_lib.Workdir(os.path.join(experiment.path, name)).result()
+             for name in _known_runs(study)}
+  unfinished = [name for name, result in results.items() if result is None]
+  if unfinished:
+    raise cli.UserError(
+        f"{len(unfinished)} runs of the study are not finished ({', '.join(unfinished[:3])}"
+        f"{', ...' if len(unfinished) > 3 else ''}): `--status` lists them, and the study "
+        'command without --report trains them.')
+  first = study.config(study.variants[0])
+  write_references(first, experiment)
+  learner_file = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
+  if study.learner and 'baseline' in study.variants and not os.path.exists(learner_file):
+    write_learner(experiment, study.variants)
+  version = provenance.code_version()
+  trained_by = {result.get('code_version') for result in results.values()}
+  if trained_by != {version}:
+    logging.warning('The runs were trained by %s; this checkout is %s. The report is '
+                    'written from the runs as they are.', ', '.join(sorted(map(str, trained_by))),
+                    version)
+  return report.write_report(experiment.path, variants=study.variants)
+
+
+def _known_runs(study: Study) -> dict[str, ml_collections.ConfigDict]:
+  """Every run the finished runs call for so far: the grid, and the seeds at its rates."""
+  return {**study.grid_configs(), **study.seed_configs(study.seeds_of())}
 
 
 def _jobs(experiment: workdir_lib.ExperimentDir, configs: Mapping[str, ml_collections.ConfigDict]
