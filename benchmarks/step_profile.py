@@ -34,6 +34,8 @@ _BATCHES = flags.DEFINE_enum('batches', 'packed', ['packed', 'fixed'],
 _STEPS = flags.DEFINE_integer('steps', 3, 'Traced steps.')
 _TRACE_DIR = flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a temp dir).')
 _TOP = flags.DEFINE_integer('top', 12, 'Single ops listed after the table of kinds.')
+_HLO_OUT = flags.DEFINE_string('hlo_out', None, "Also write the compiled step's HLO text here "
+                               '(which ops XLA fused into each copy).')
 
 
 def main(argv):
@@ -70,7 +72,11 @@ def main(argv):
   profile_trace.print_table(by_kind, per_op, unit='step', top=_TOP.value)
   copies = 'layout copies / transposes'
   print(f'\n{copies.capitalize()} by the JAX operation XLA fused them with (ms/step):')
-  sources = profile_trace.op_sources(step.as_text())
+  hlo = step.as_text()
+  if _HLO_OUT.value:
+    with open(_HLO_OUT.value, 'w') as f:
+      f.write(hlo)
+  sources = profile_trace.op_sources(hlo)
   for source, ms in profile_trace.time_by_source(per_op, sources, copies)[:_TOP.value]:
     print(f'  {ms:8.1f}  {source}')
 
