@@ -7,7 +7,8 @@ here instead: each variant's compiled train step (the study's regime, the real p
 first batches, already on the device) timed in rounds that visit the variants in turn, so
 that a change in the machine's load falls on all of them alike. Run it with nothing else on
 the machine. Prints a table naming the machine; with --experiment_dir, writes speed.json
-there for the report. R-Drop runs the model twice a step, so twice the FLOPs.
+there for the report, with the training code's version (provenance.code_version), which the
+report compares with the runs'. R-Drop runs the model twice a step, so twice the FLOPs.
 """
 
 import json
@@ -23,6 +24,7 @@ from benchmarks import batches as batches_lib
 from benchmarks import machine
 from configs import base
 from transformer import flops
+from transformer import provenance
 from transformer import study
 from transformer import study_plan
 from transformer import workdir as workdir_lib
@@ -60,12 +62,13 @@ def main(argv):
   print(f'Machine: {name}; {_ROUNDS.value} rounds of {_STEPS.value} steps per variant.')
   print('| variant | steps/s (median of rounds) | range | GFLOP/step | GFLOP/s |')
   print('|---|---|---|---|---|')
-  speed = {}
+  speed, version = {}, provenance.code_version()  # The report checks it against the runs'.
   for variant, times in seconds.items():
     rate = 1 / statistics.median(times)
     gflop = flops.config_step_flops(runs[variant]['config']) / 1e9
     speed[variant] = {'steps_per_second': rate, 'steps_per_second_range':
-                      [1 / max(times), 1 / min(times)], 'gflop_per_step': gflop, 'machine': name}
+                      [1 / max(times), 1 / min(times)], 'gflop_per_step': gflop, 'machine': name,
+                      'code_version': version}
     print(f'| {variant} | {rate:.2f} | {1 / max(times):.2f}–{1 / min(times):.2f} | '
           f'{gflop:.1f} | {rate * gflop:.1f} |')
   if _EXPERIMENT_DIR.value:

@@ -14,6 +14,7 @@ import test_learner_report
 from transformer import output_stats
 from transformer import report
 from transformer import report_grid
+from transformer import report_tables
 from transformer import run_records
 from transformer import significance
 
@@ -189,7 +190,11 @@ def test_beside_bleu_table(study_dir):
   assert baseline[9] == f'{400 / 2.5 / 60:.1f} ± 0.0'  # 400 steps at 2.5 steps/s.
   assert baseline[10] == f'{400 * 40.0 / 1e6:.3f} ± 0.000'
   assert rows['pre_ln'][7:] == ['not measured'] * 4
-  assert 'Speed measured on: test cpu.' in text
+  assert 'Speed measured on: test cpu. It was timed on training code unrecorded, not the ' \
+         "runs' code-test" in text
+  timed_on_the_runs_code = report_tables.beside_bleu_table(
+      {}, None, {'baseline': {**SPEED['baseline'], 'code_version': 'code-test'}}, 'code-test')
+  assert timed_on_the_runs_code[-1] == 'Speed measured on: test cpu.'
 
 
 def test_grid_marks_the_chosen_rate_by_source_use(study_dir):

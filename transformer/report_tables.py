@@ -60,8 +60,12 @@ def _output_stats(run: dict, references: Optional[list[str]]) -> dict:
 
 
 def beside_bleu_table(groups: dict[str, list[dict]], references: Optional[list[str]],
-                      speed: Optional[dict]) -> list[str]:
-  """A row per variant of what BLEU does not show, mean ± std over seeds."""
+                      speed: Optional[dict], code_version: Optional[str] = None) -> list[str]:
+  """A row per variant of what BLEU does not show, mean ± std over seeds.
+
+  The speed is benchmarks.variant_speed's; a speed timed on other training code than the
+  runs' (`code_version`) is said to be, since a change to the step changes its speed.
+  """
   lines = [
       'Beside BLEU (mean ± std over seeds): looping, the share of test outputs that repeat a '
       f'{output_stats.REPEAT_NGRAM}-gram; length, sacreBLEU\'s output/reference length ratio; '
@@ -94,6 +98,11 @@ def beside_bleu_table(groups: dict[str, list[dict]], references: Optional[list[s
   machines = sorted({m['machine'] for m in (speed or {}).values()})
   if machines:
     lines += ['', f"Speed measured on: {', '.join(machines)}."]
+  timed_by = sorted({m.get('code_version', 'unrecorded') for m in (speed or {}).values()})
+  if code_version and timed_by and timed_by != [code_version]:
+    lines[-1] += (f" It was timed on training code {', '.join(timed_by)}, not the runs' "
+                  f'{code_version}: run `python -m benchmarks.variant_speed` on the runs\' code '
+                  'to time their step.')
   return lines
 
 
