@@ -344,3 +344,14 @@ def test_learner_section_reads_the_measurements_and_the_learner_runs(tmp_path):
   assert 'Read from `baseline/seed_0` (step 3000)' in text
   assert "Without positions the best validation loss is 3.000 against the baseline's 2.500" in text
   assert 'What does the KV cache save?' in text
+
+
+def test_compute_sums_each_stages_runs_by_their_own_clocks(study_dir):
+  _, text = study_dir
+  assert sum(line.startswith('Compute: the runs trained for ') for line in text.splitlines()) == 1
+  record = lambda seconds: {'wall_seconds': seconds}
+  lines = report_tables.compute_lines({
+      'pilot': [record(5400.0), record(math.nan)], 'grid': [record(1800.0)], 'seeds': []})
+  assert lines[0].startswith('Compute: the runs trained for 2.0 h in all (pilot: 2 runs, 1.5 h; '
+                             'grid: 1 runs, 0.5 h), ')
+  assert report_tables.compute_lines({'pilot': []}) == []

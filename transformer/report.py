@@ -187,7 +187,15 @@ def write_report(experiment_dir: str, *,
               f"{max(len(runs) for runs in groups.values())}. Code version {code_version} "
               "(provenance.code_version: the training code and library versions; every run "
               "has it).", '']
-  lines += report_regime.lines(report_regime.pilot_runs(experiment), groups.get('baseline', []),
+  pilots = report_regime.pilot_runs(experiment)
+  reruns = run_records.group(experiment, sorted({study_plan.rerun_name(variant)
+                                                 for variant, _ in study_plan.RERUNS}))
+  flat = lambda named: [r for runs in named.values() for r in runs]
+  lines += report_tables.compute_lines({
+      'pilot': list(pilots.values()),
+      'grid': flat(run_records.group(experiment, grid_names)),
+      "seeds, reruns and the learner's runs": flat({**groups, **reruns, **learner})})
+  lines += report_regime.lines(pilots, groups.get('baseline', []),
                                learner.get('learner/no_positions', []), references, plot_dir)
   points = report_grid.grid_points(experiment)
   lines += report_grid.lines(points, plot_dir)

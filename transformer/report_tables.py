@@ -164,3 +164,22 @@ def retrain_lines(experiment: workdir_lib.ExperimentDir) -> list[str]:
     previous = entry['previous'].get('bleu', math.nan)
     lines.append(f"| {name} | {entry['why']} | {previous:.2f} | {now['bleu']:.2f} |")
   return lines + ['']
+
+
+def compute_lines(stages: dict[str, list[dict]]) -> list[str]:
+  """What the study's runs cost: each stage's training time, from the runs' own clocks.
+
+  `stages` maps a stage's name to its runs' records (run_records.load_run). A run's
+  'time/wall_seconds' covers its training loop (evaluations included) over every sitting it
+  took; runs that trained side by side each count their own time, so the sum is the runs'
+  time, not the machine's.
+  """
+  hours = {name: sum(r['wall_seconds'] for r in runs if not math.isnan(r['wall_seconds'])) / 3600
+           for name, runs in stages.items() if runs}
+  if not hours:
+    return []
+  parts = '; '.join(f'{name}: {len(stages[name])} runs, {h:.1f} h' for name, h in hours.items())
+  return [f'Compute: the runs trained for {sum(hours.values()):.1f} h in all ({parts}), each '
+          "run's training loop by its own clock, evaluations included, over all its sittings. "
+          'Runs that shared the machine (the study trains two at a time on its 2-core CPU) '
+          'each count their own time: this is the runs\' time, not the machine\'s.', '']
