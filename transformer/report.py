@@ -209,8 +209,7 @@ def write_report(experiment_dir: str, *,
   if signatures:
     lines += ['', f"BLEU: sacreBLEU `{' / '.join(sorted(signatures))}`, beam search on the test "
               'split with the best-validation-BLEU checkpoint.']
-  lines += [''] + report_tables.beside_bleu_table(groups, references, speed,
-                                                           code_version)
+  lines += [''] + report_tables.beside_bleu_table(groups, references, speed, code_version)
   extra = _checkpoint_and_year_table(groups)
   if extra:
     lines += [''] + extra
