@@ -164,7 +164,8 @@ def write_report(experiment_dir: str, *,
   grid_names = [study_plan.grid_name(v, f) for v in study_plan.NORM_VARIANTS
                 for f in study_plan.all_grid_factors()]
   learner = run_records.group(experiment, list(study_plan.LEARNER_RUNS))
-  checked = {**groups, **run_records.group(experiment, grid_names), **learner}
+  grid = run_records.group(experiment, grid_names)
+  checked = {**groups, **grid, **learner}
   code_version = check_one_code_version(checked)
   check_one_vocabulary(checked)
   finished = [r for runs in groups.values() for r in runs if not r['diverged']]
@@ -193,7 +194,7 @@ def write_report(experiment_dir: str, *,
   flat = lambda named: [r for runs in named.values() for r in runs]
   lines += report_tables.compute_lines({
       'pilot': list(pilots.values()),
-      'grid': flat(run_records.group(experiment, grid_names)),
+      'grid': flat(grid),
       "seeds, reruns and the learner's runs": flat({**groups, **reruns, **learner})})
   lines += report_regime.lines(pilots, groups.get('baseline', []),
                                learner.get('learner/no_positions', []), references, plot_dir)

@@ -362,7 +362,15 @@ def run_study(study: Study, *, parallel_runs: int = 1,
     logging.warning('--max_minutes=%g is up; every run is saved. Run the same command again '
                     'to go on.', max_minutes)
     return None
-  if study.learner and 'baseline' in study.variants:
+  return _write_report(study, measure_learner=True)
+
+
+def _write_report(study: Study, *, measure_learner: bool) -> str:
+  """The learner's measurements (again if `measure_learner`, else only where none were
+  written), then REPORT.md; returns its path."""
+  experiment = study.experiment
+  measured = os.path.exists(experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT))
+  if study.learner and 'baseline' in study.variants and (measure_learner or not measured):
     write_learner(experiment, study.variants)
   return report.write_report(experiment.path, variants=study.variants)
 
@@ -419,18 +427,14 @@ def report_finished(study: Study) -> str:
         f"{len(unfinished)} runs of the study are not finished ({', '.join(unfinished[:3])}"
         f"{', ...' if len(unfinished) > 3 else ''}): `--status` lists them, and the study "
         'command without --report trains them.')
-  first = study.config(study.variants[0])
-  write_references(first, experiment)
-  learner_file = experiment.file(experiment.LEARNER, experiment.LEARNER_RESULT)
-  if study.learner and 'baseline' in study.variants and not os.path.exists(learner_file):
-    write_learner(experiment, study.variants)
+  write_references(study.config(study.variants[0]), experiment)
   version = provenance.code_version()
   trained_by = {result.get('code_version') for result in results.values()}
   if trained_by != {version}:
     logging.warning('The runs were trained by %s; this checkout is %s. The report is '
                     'written from the runs as they are.', ', '.join(sorted(map(str, trained_by))),
                     version)
-  return report.write_report(experiment.path, variants=study.variants)
+  return _write_report(study, measure_learner=False)
 
 
 def _known_runs(study: Study) -> dict[str, ml_collections.ConfigDict]:
