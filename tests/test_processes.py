@@ -1,7 +1,9 @@
 """Jobs in spawned processes: at most N at once, and a failure, a deadline or SIGTERM to the
 parent stops them as the study needs (tests use cheap jobs that mark files, not training)."""
 
+import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -79,3 +81,26 @@ def test_sigterm_to_the_parent_stops_every_job_and_is_raised(tmp_path):
     processes.run(job, jobs, parallel=2)
   assert marked(tmp_path, 'saved') == [0, 1] and marked(tmp_path, 'started') == [0, 1]
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def logging_job(folder: str) -> None:
+  """Logs as a run does: the project's INFO line, and orbax's warnings of a read-only
+  checkpoint manager (which a reader asked for)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  logging.info('an evaluation of the run')
+  with ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(read_only=True)):
+    pass
+
+
+def test_a_spawned_job_logs_as_its_parent(tmp_path, capfd):
+  """Without the initializer a spawned run drops the project's INFO lines and prints
+  orbax's warnings in Python's bare format."""
+  from transformer import cli  # pylint: disable=g-import-not-at-top
+  statuses = processes.run(logging_job, [(str(tmp_path),)], parallel=1,
+                           initializer=functools.partial(cli.log_as_in_parent, ['study.py']))
+  assert statuses == [0]
+  logged = capfd.readouterr().err
+  assert re.search(r'^I\d{4} .*\] an evaluation of the run$', logged, re.MULTILINE), logged
+  assert 'read only' not in logged.replace('_', ' ') and 'WARNING:absl' not in logged, logged
+  assert 'before flag parsing' not in logged, logged

@@ -61,6 +61,20 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def log_as_in_parent(argv: Sequence[str]) -> None:
+  """In a spawned process (processes.run): the parent's log format and filter.
+
+  A spawned process starts with Python's bare logging: the project's INFO lines (a run's
+  evaluations, its early stop) are dropped and every orbax warning is printed. Parsing the
+  parent's flags here also gives --verbose its value.
+  """
+  flags.FLAGS(argv, known_only=True)
+  if flags.FLAGS['verbosity'].using_default_value:  # As app.run does: INFO by default.
+    flags.FLAGS.verbosity = 0
+  logging.use_absl_handler()
+  quiet_library_logs()
+
+
 def _one_line(text: str) -> str:
   """A flag error's gist: ml_collections embeds a whole traceback; keep its last line."""
   if 'Traceback (most recent call last)' in text:

@@ -28,9 +28,12 @@ def _raise_interrupted(signum, frame):
   raise Interrupted('SIGTERM')
 
 
-def run(target: Callable[..., Any], jobs: Sequence[tuple], parallel: int
-        ) -> list[Optional[int]]:
+def run(target: Callable[..., Any], jobs: Sequence[tuple], parallel: int,
+        initializer: Optional[Callable[[], None]] = None) -> list[Optional[int]]:
   """target(*job) for each job in its own spawned process, at most `parallel` at once.
+
+  `initializer()` runs first in each process (a spawned process starts bare: e.g. its logs
+  are not yet set up as the parent's).
 
   Returns each job's exit status, None for one never started. Jobs start in order until one
   exits non-zero: after DEADLINE_EXIT the running ones end on their own; after any other
@@ -45,7 +48,7 @@ def run(target: Callable[..., Any], jobs: Sequence[tuple], parallel: int
   try:
     while running or (next_job < len(jobs) and not stopping):
       while next_job < len(jobs) and len(running) < parallel and not stopping:
-        process = context.Process(target=target, args=jobs[next_job])
+        process = context.Process(target=_start, args=(initializer, target, jobs[next_job]))
         process.start()
         running[process.sentinel] = (next_job, process)
         next_job += 1
@@ -65,6 +68,13 @@ def run(target: Callable[..., Any], jobs: Sequence[tuple], parallel: int
   finally:
     signal.signal(signal.SIGTERM, previous)
   return statuses
+
+
+def _start(initializer: Optional[Callable[[], None]], target: Callable[..., Any],
+           job: tuple) -> None:
+  if initializer is not None:
+    initializer()
+  target(*job)
 
 
 def _terminate(running) -> None:

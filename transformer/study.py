@@ -290,7 +290,7 @@ def _run_jobs(jobs: Sequence[tuple[ml_collections.ConfigDict, str]], parallel_ru
       input_pipeline.prepare_vocabulary(data)
     try:
       statuses = processes.run(_run_process, [(c, w, split, stop_at) for c, w in jobs],
-                               parallel_runs)
+                               parallel_runs, functools.partial(cli.log_as_in_parent, sys.argv))
     except processes.Interrupted:
       raise RunInterrupted('SIGTERM: every run under way was stopped and saved; the same '
                            'command resumes them.') from None
