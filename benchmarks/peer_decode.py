@@ -20,7 +20,10 @@ The floor row is what no decoder can beat here: the search's model FLOPs (flops.
 the encoder once, one token per hypothesis per step over the prefix, every batch decoded to
 the limit, padded rows included) at the measured peak of a large float32 matmul on this
 machine, which small decoding matmuls never reach. peer / floor is the most any decoder could
-gain over the peer on this machine at this size.
+gain over the peer on this machine at this size. The products row is a tighter floor for any
+decoder XLA compiles (benchmarks.decode_floor): the weight products a search cannot skip, at
+their real 16-64-row shapes, timed alone in one jitted loop per batch, with no attention,
+norm, softmax or search.
 """
 
 import glob
@@ -38,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import decode_floor
 from benchmarks import machine
 from transformer import datasets
 from transformer import flops
@@ -195,6 +199,11 @@ def main(argv):
                                    source_len=b.shape[1], steps=limit)
                 for b in peer_batches) / peak
     print(f'{name:<8} {"floor":<14} {floor:>8.2f} {"":>7} {"":>9} {peer_seconds / floor:>8.2f}x')
+    products = sum(decode_floor.seconds(model.config, batch=b.shape[0], beam=beam_size,
+                                        source_len=b.shape[1], steps=limit)
+                   for b in peer_batches)
+    print(f'{name:<8} {"products":<14} {products:>8.2f} {"":>7} {"":>9} '
+          f'{peer_seconds / products:>8.2f}x')
     print(f'{name:<8} {"flax wmt":<14} {peer_seconds:>8.2f} {peer_tokens:>7} '
           f'{1e3 * peer_seconds / peer_tokens:>9.2f}')
     for label, seconds, tokens in rows:

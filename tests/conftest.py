@@ -1,5 +1,6 @@
 """Shared fixtures: the Bible prepared once, a small IWSLT-layout archive from real files."""
 
+import atexit
 import io
 import os
 
@@ -9,6 +10,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=2').strip()
 import pathlib
 import re
+import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -20,7 +22,10 @@ import pytest
 # compiled once, then loaded. Every entry is kept however fast it compiled. Set
 # JAX_ENABLE_COMPILATION_CACHE=false to compile everything, or give a
 # JAX_COMPILATION_CACHE_DIR to keep the cache across sessions.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='jax_cache_'))
+# The process that makes the folder removes it at exit (so test sessions leave nothing in /tmp).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jax_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 # A size limit makes the cache take a file lock (filelock) around every read and write.
 # Without one it writes an entry in place and reads without a lock, so a process could load a
 # program another was still writing and abort in XLA ("Fatal Python error: Aborted").
