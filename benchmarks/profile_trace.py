@@ -15,9 +15,10 @@ from typing import Callable, Optional
 
 import jax
 
-# Trace events that enclose others (the executor, Python frames): not ops themselves.
+# Trace events that enclose others (the executor, Python frames, a loop's or a branch's
+# whole body) or only mark an op's end: not ops themselves.
 _ENCLOSING = ('ThunkExecutor', '$', 'SlinkyThreadPool', 'PjitFunction', 'CommonPjRt',
-              'TfrtCpu', 'PjRt')
+              'TfrtCpu', 'PjRt', 'while', 'conditional', 'end: ')
 
 
 def op_kind(name: str) -> str:
