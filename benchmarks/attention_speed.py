@@ -7,7 +7,6 @@ config's shapes, with a padding mask like the model's, and checks both give the 
 On a GPU, jax.nn.dot_product_attention can pick cuDNN's fused kernel (implementation=None).
 """
 
-import time
 
 from absl import app
 from absl import flags
@@ -35,16 +34,6 @@ def xla_attention(query, keys, values, mask):
   return jax.nn.dot_product_attention(query, keys, values, mask=mask)
 
 
-def best_seconds(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
 def main(argv):
   del argv
   b, l, h, d = _BATCH.value, _LENGTH.value, _HEADS.value, _HEAD_DIM.value
@@ -69,8 +58,8 @@ def main(argv):
     forward = jax.jit(fn)
     grad = jax.jit(jax.grad(lambda q, k, v, m, fn=fn: jnp.sum(fn(q, k, v, m) ** 2),
                             argnums=(0, 1, 2)))
-    f_ms = 1e3 * best_seconds(forward, query, keys, values, mask, repeats=_REPEATS.value)
-    g_ms = 1e3 * best_seconds(grad, query, keys, values, mask, repeats=_REPEATS.value)
+    f_ms = 1e3 * machine.best_seconds(forward, query, keys, values, mask, repeats=_REPEATS.value)
+    g_ms = 1e3 * machine.best_seconds(grad, query, keys, values, mask, repeats=_REPEATS.value)
     print(f'| {name} | {f_ms:.2f} | {g_ms:.2f} |')
 
 

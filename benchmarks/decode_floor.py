@@ -17,13 +17,13 @@ can be faster than it, and peer time / this floor is the most that any such deco
 gain over the peer (benchmarks.peer_decode prints it beside the FLOP floor).
 """
 
-import time
 from typing import Callable
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+from benchmarks import machine
 from transformer import models
 
 
@@ -86,13 +86,6 @@ def products(config: models.ModelConfig, *, beam: int, steps: int, unroll: bool 
 def seconds(config: models.ModelConfig, *, batch: int, beam: int, source_len: int, steps: int,
             repeats: int = 3) -> float:
   """The best of `repeats` timed runs of `products` (compiled first) for one batch."""
-  w = weights(config)
   x = jax.random.normal(jax.random.key(1), (batch, source_len, config.emb_dim), jnp.float32)
-  run = jax.jit(products(config, beam=beam, steps=steps))
-  jax.block_until_ready(run(w, x))
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run(w, x))
-    best = min(best, time.perf_counter() - start)
-  return best
+  return machine.best_seconds(jax.jit(products(config, beam=beam, steps=steps)),
+                              weights(config), x, repeats=repeats)

@@ -59,18 +59,22 @@ def spec_peak(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+def best_seconds(fn, *args, repeats: int) -> float:
+  """The best of `repeats` timed calls of fn(*args), after one untimed call (compilation)."""
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 def measured_matmul_peak(size: int = 2048, dtype: str = 'float32', repeats: int = 5) -> float:
   """FLOP/s of the best of `repeats` timed [size, size] @ [size, size] products (2 n^3 FLOPs)."""
   keys = jax.random.split(jax.random.key(0))
   a, b = (jax.random.normal(k, (size, size), jnp.dtype(dtype)) for k in keys)
-  matmul = jax.jit(jnp.dot)
-  matmul(a, b).block_until_ready()  # Compile and warm up.
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best
+  return 2.0 * size ** 3 / best_seconds(jax.jit(jnp.dot), a, b, repeats=repeats)
 
 
 def peak_flops(dtype: str, matmul_size: int = 2048) -> tuple[float, str]:
