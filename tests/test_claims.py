@@ -71,3 +71,25 @@ def test_lines_state_the_family_and_each_verdict():
           'p=0.030, Holm 0.030 — **agrees**.') in text
   assert '- deep [deep_norm] (these models have 3 layers, the claim needs 100 or more) — ' \
          '**not testable here**.' in text
+
+
+def test_a_part_without_a_p_value_is_inconclusive_outside_the_family():
+  """One seed on a side: Welch's test of a validation loss has no p (significance.welch_seeds)."""
+  nan = float('nan')
+  deltas = {'label_smoothing': {'bleu': est(1.5, 0.5, 2.5, 0.01),
+                                'eval_loss_at_peak': est(0.1, nan, nan, nan, seeds=1)},
+            'r_drop': {'bleu': est(1.5, 0.4, 2.6, 0.03)}}
+  smoothing, r_drop = claims.judge([LS, RD], deltas, layers=3)
+  assert smoothing.verdict == 'inconclusive' and smoothing.p_value is None
+  assert 'one seed' in smoothing.why
+  assert (r_drop.verdict, r_drop.adjusted) == ('agrees', 0.03)  # A family of one.
+
+
+def test_a_large_difference_from_fewer_than_3_seeds_is_inconclusive():
+  """Two seeds leave the seed's noise all but unmeasured, however far from 0 the test set
+  puts the difference; the claim stays in the family (its p is corrected with the rest)."""
+  deltas = {'batch_norm': {'bleu': est(-2.9, -3.3, -2.4, 0.001, seeds=2)},
+            'r_drop': {'bleu': est(1.5, 0.4, 2.6, 0.03)}}
+  bn, r_drop = claims.judge([BN, RD], deltas, layers=3)
+  assert bn.verdict == 'inconclusive (needs 3 seeds)' and bn.adjusted == pytest.approx(0.002)
+  assert (r_drop.verdict, r_drop.adjusted) == ('agrees', 0.03)

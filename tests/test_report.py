@@ -91,7 +91,7 @@ def study_dir(tmp_path_factory):
     with open(root / name, 'w') as f:
       f.write('\n'.join(lines) + '\n')
   runs = {
-      'baseline': lambda s: dict(eval_losses=[3.0, 2.5 + 0.01 * s, 2.6, 2.7],
+      'baseline': lambda s: dict(eval_losses=[3.0 + 0.005 * s, 2.5 + 0.01 * s, 2.6, 2.7],
                                  hypotheses=looped(degrade(REFERENCES, 3, s))),
       'pre_ln': lambda s: dict(eval_losses=[2.8 - 0.01 * s, 2.4, 2.5, 2.6],
                                hypotheses=degrade(REFERENCES, 9, s),
@@ -314,7 +314,7 @@ def test_gradient_norm_plots_are_drawn(study_dir):
   root, text = study_dir
   for name in ('grad_norms.png', 'grad_norms_by_layer.png'):
     assert f'plots/{name}' in text
-    assert open(root / 'plots' / name, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    assert (root / 'plots' / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_no_retrains_file_says_none_and_an_unfinished_baseline_fails_the_regime(tmp_path):
@@ -355,3 +355,21 @@ def test_compute_sums_each_stages_runs_by_their_own_clocks(study_dir):
   assert lines[0].startswith('Compute: the runs trained for 2.0 h in all (pilot: 2 runs, 1.5 h; '
                              'grid: 1 runs, 0.5 h), ')
   assert report_tables.compute_lines({'pilot': []}) == []
+
+
+def test_the_over_fitting_gap_is_read_at_the_last_step_both_reached():
+  """A variant that stops at step 300 against a baseline trained to 800: gaps at 300 for
+  both. At each run's own last step the sign would flip (the baseline's gap grows late)."""
+  def run(gaps, seed):
+    rows = [{'step': 100 * (i + 1), 'eval/loss': 2.0 + gap, 'eval/train_loss': 2.0}
+            for i, gap in enumerate(gaps)]
+    return {'rows': rows, 'stop_step': rows[-1]['step'], 'diverged': False,
+            'dir': f'x/seed_{seed}'}
+  baseline = [run([0.1, 0.2, 0.3 + 0.01 * s, 0.9, 1.2, 1.5, 1.8, 2.0 + 0.1 * s], s)
+              for s in range(3)]
+  variant = [run([0.1, 0.4, 0.8 + 0.02 * s], s) for s in range(3)]
+  gap = report._gaps_at_common_step({'baseline': baseline, 'no_dropout': variant})['no_dropout']
+  expected = np.mean([0.8, 0.82, 0.84]) - np.mean([0.3, 0.31, 0.32])
+  assert gap.value == pytest.approx(expected) and gap.seeds == 3 and gap.p_value < 0.05
+  at_own_stop = np.mean([0.8, 0.82, 0.84]) - np.mean([2.0, 2.1, 2.2])
+  assert at_own_stop < 0 < gap.value

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import sacrebleu
+import scipy.stats
 
 from transformer import significance
 
@@ -127,10 +128,52 @@ def exact_quantile(values, weights, q):
   return np.asarray(values)[order][np.searchsorted(cdf, q)]
 
 
-def test_seed_only_bootstrap_is_the_percentile_bootstrap_of_seed_means():
-  """Reference: every one of the 3^3 x 3^3 equally likely seed resamples, enumerated."""
+def test_welch_seeds_is_welchs_t_test_worked_from_its_formula():
+  """Reference: Welch (1947) by hand: t, the Welch-Satterthwaite degrees of freedom, and the
+  t distribution's tail and quantile for p and the 95% interval."""
+  base, variant = [10.0, 11.3, 13.9], [12.2, 12.5, 15.6, 14.0]
+  result = significance.welch_seeds({'baseline': base, 'variant': variant})
+  var_base, var_variant = np.var(base, ddof=1) / 3, np.var(variant, ddof=1) / 4
+  se = math.sqrt(var_base + var_variant)
+  df = (var_base + var_variant) ** 2 / (var_base ** 2 / 2 + var_variant ** 2 / 3)
+  delta = np.mean(variant) - np.mean(base)
+  half = scipy.stats.t.ppf(0.975, df) * se
+  got = result.deltas['variant']
+  assert got.value == pytest.approx(delta) and got.seeds == 3
+  assert got.p_value == pytest.approx(2 * scipy.stats.t.sf(abs(delta) / se, df))
+  assert (got.low, got.high) == pytest.approx((delta - half, delta + half))
+  mean = result.means['baseline']
+  half_mean = scipy.stats.t.ppf(0.975, 2) * np.std(base, ddof=1) / math.sqrt(3)
+  assert (mean.low, mean.high) == pytest.approx((np.mean(base) - half_mean,
+                                                 np.mean(base) + half_mean))
+
+
+def test_welch_seeds_with_one_seed_has_no_interval_and_no_p():
+  one = significance.welch_seeds({'baseline': [10.0, 11.0], 'variant': [12.0]}).deltas['variant']
+  assert one.value == pytest.approx(1.5) and one.seeds == 1
+  assert math.isnan(one.p_value) and math.isnan(one.low) and math.isnan(one.high)
+
+
+def test_three_seeds_of_welch_are_wider_than_their_bootstrap():
+  """Why seeds alone go to Welch: three seeds bootstrapped draw from 10 distinct means."""
+  base, variant = [10.0, 11.3, 13.9], [12.2, 12.5, 15.6]
+  welch = significance.welch_seeds({'baseline': base, 'variant': variant}).deltas['variant']
+  fixed = {name: np.repeat(np.asarray(v)[:, None], 2000, axis=1)
+           for name, v in (('baseline', base), ('variant', variant))}
+  boot = significance.compare_over_seeds({'baseline': base, 'variant': variant}, fixed,
+                                         baseline='baseline', seed=0).deltas['variant']
+  assert welch.high - welch.low > 1.5 * (boot.high - boot.low)  # 8.8 against 4.9.
+  assert welch.p_value > boot.p_value
+
+
+def test_seed_resampling_is_the_percentile_bootstrap_of_seed_means():
+  """compare_over_seeds (bootstrap_bleu's draw of seeds) with no sentence noise, each seed's
+  score repeated. Reference: every one of the 3^3 x 3^3 equally likely seed resamples."""
   base, variant = [10.0, 11.3, 13.9], [12.2, 12.5, 15.6]  # No atom on a quantile or on |p|.
-  result = significance.bootstrap_seeds({'baseline': base, 'variant': variant}, samples=20000)
+  observed = {'baseline': base, 'variant': variant}
+  result = significance.compare_over_seeds(
+      observed, {k: np.repeat(np.asarray(v)[:, None], 20000, axis=1)
+                 for k, v in observed.items()}, baseline='baseline', seed=0)
   means = lambda seeds: [np.mean(draw) for draw in itertools.product(seeds, repeat=3)]
   differences = [v - b for v in means(variant) for b in means(base)]
   weights = np.full(len(differences), 1 / len(differences))
@@ -156,7 +199,10 @@ def test_seed_only_bleu_is_the_seed_bootstrap_of_per_seed_bleu():
   fixed = significance.bootstrap_bleu(seeds, REFERENCES, samples=500, resample_sentences=False)
   per_seed = {name: [sacrebleu.corpus_bleu(h, [REFERENCES]).score for h in runs]
               for name, runs in seeds.items()}
-  assert fixed == significance.bootstrap_seeds(per_seed, samples=500)
+  seeds_only = {name: np.repeat(np.asarray(v)[:, None], 500, axis=1)
+                for name, v in per_seed.items()}
+  assert fixed == significance.compare_over_seeds(per_seed, seeds_only, baseline='baseline',
+                                                  seed=significance.BOOTSTRAP_SEED)
   both = significance.bootstrap_bleu(seeds, REFERENCES, samples=500)
   width = lambda e: e.high - e.low
   assert width(both.deltas['variant']) > width(fixed.deltas['variant'])  # Two noises, wider.

@@ -4,7 +4,8 @@ the study's runs answer them.
 A claim is one or more predicted signs of (variant - baseline): label smoothing "hurts
 perplexity ... but improves BLEU" (Vaswani et al. 2017), so it is tested as both at once.
 Every difference is a mean over seeds with an interval over seeds and test sentences
-(significance.bootstrap_bleu; seeds alone for a validation loss). The claims tested together
+(significance.bootstrap_bleu; Welch's t-test over seeds for a validation loss,
+significance.welch_seeds). The claims tested together
 form one family, corrected by Holm's method, so "agrees" is not won by testing many things.
 """
 
@@ -22,9 +23,10 @@ MEASURES = {
     'bleu': 'test BLEU',
     'early_eval_loss': 'validation NLL at the first evaluation',
     'eval_loss_at_peak': 'validation NLL at the tested checkpoint',
-    'gap_at_peak': 'validation minus training NLL at the tested checkpoint',
+    'gap_at_common_step': 'validation minus training NLL at the last step both reached',
 }
-VERDICTS = ('agrees', 'does not agree', 'inconclusive', 'inconclusive (needs 5 seeds)',
+VERDICTS = ('agrees', 'does not agree', 'inconclusive', 'inconclusive (needs 3 seeds)',
+            'inconclusive (needs 5 seeds)',
             'not testable here', 'not measured')
 # The claim about DeepNorm is about depth: Wang et al. (2022) train up to 1,000 layers, where
 # post-LN fails; only a model at least this deep could test it.
@@ -60,7 +62,7 @@ CLAIMS = (
           '2022, up to 1,000 layers)', (Part('bleu', +1),), min_layers=DEEP_LAYERS),
     Claim('no_dropout', 'Without dropout a small corpus over-fits: lower BLEU and a wider gap '
           'between validation and training loss (Srivastava et al. 2014; Sennrich & Zhang '
-          '2019)', (Part('bleu', -1), Part('gap_at_peak', +1))),
+          '2019)', (Part('bleu', -1), Part('gap_at_common_step', +1))),
     Claim('strong_dropout', 'More residual dropout (0.3) helps a small corpus: higher BLEU '
           '(Sennrich & Zhang 2019)', (Part('bleu', +1),)),
     Claim('label_smoothing', 'Label smoothing raises BLEU but hurts likelihood: higher '
@@ -93,7 +95,9 @@ def judge(claims: Sequence[Claim],
   when the adjusted p < ALPHA and every part's interval lies on the predicted side of 0,
   **does not agree** when that holds against the prediction for some part, and is
   **inconclusive** otherwise. A claim that turns on less than study_plan.CLOSE_BLEU with
-  fewer than study_plan.MORE_SEEDS seeds is "inconclusive (needs 5 seeds)" whatever its p.
+  fewer than study_plan.MORE_SEEDS seeds is "inconclusive (needs 5 seeds)", and any other
+  with fewer than study_plan.FIRST_SEEDS "inconclusive (needs 3 seeds)", whatever its p;
+  one with a part that has no p-value (one seed on a side) is inconclusive, outside the family.
   """
   tested, out = {}, {}
   for index, claim in enumerate(claims):
@@ -105,6 +109,11 @@ def judge(claims: Sequence[Claim],
     estimates = tuple(deltas.get(claim.variant, {}).get(part.measure) for part in claim.parts)
     if any(e is None or math.isnan(e.value) for e in estimates):
       out[index] = Verdict(claim, 'not measured', estimates)
+      continue
+    if any(math.isnan(e.p_value) for e in estimates):
+      out[index] = Verdict(claim, 'inconclusive', estimates,
+                           why='one seed on a side: a validation loss has no test set to '
+                           'resample, so its test needs 2 seeds or more')
       continue
     tested[index] = (claim, estimates, _claim_p_value(claim, estimates))
   adjusted = significance.holm({index: p for index, (_, _, p) in tested.items()})
@@ -131,6 +140,8 @@ def _verdict(claim: Claim, estimates: Sequence[significance.Estimate], adjusted:
            e.seeds < study_plan.MORE_SEEDS for part, e in zip(claim.parts, estimates)]
   if any(close):
     return 'inconclusive (needs 5 seeds)'
+  if any(e.seeds < study_plan.FIRST_SEEDS for e in estimates):
+    return 'inconclusive (needs 3 seeds)'  # Fewer leave the seed's noise all but unmeasured.
   if adjusted >= significance.ALPHA:
     return 'inconclusive'
   predicted = _predicted(claim, estimates)
@@ -150,9 +161,11 @@ def lines(verdicts: Sequence[Verdict]) -> list[str]:
       f'Each claim is tested in the form its paper makes it, as the sign of (variant - '
       f'baseline) of every measure it names; all must hold. A difference is the mean over '
       f'seeds, with a 95% interval and a two-sided p-value from a bootstrap over seeds and '
-      f'test sentences ({significance.BOOTSTRAP_SAMPLES:,} resamples; a validation NLL has no '
-      f'test set, so its seeds alone are resampled). Every NLL is the unsmoothed '
-      f'cross-entropy without dropout (eval/loss), the same measure for every variant. The '
+      f'test sentences ({significance.BOOTSTRAP_SAMPLES:,} resamples); a validation NLL has '
+      f'no test set, so its seeds alone are compared, by Welch\'s t-test. Every NLL is the '
+      f'unsmoothed cross-entropy without dropout (eval/loss), the same measure for every '
+      f'variant. The over-fitting gap is read at the last step that every run of the pair '
+      f'reached, not at the tested checkpoints (a run without dropout peaks far earlier). The '
       f'family: the {len(family)} claims below that this regime can test and that were '
       f'measured; their p-values are corrected together by Holm\'s method, and a claim agrees '
       f'only when its corrected p < {significance.ALPHA} and every interval lies on the '
@@ -162,7 +175,8 @@ def lines(verdicts: Sequence[Verdict]) -> list[str]:
       'difference, which this test cannot confirm: its numbers are in the tables.', '']
   for v in verdicts:
     parts = '; '.join(
-        f'{MEASURES[part.measure]} {e}, p={e.p_value:.3f} ({e.seeds} seeds)'
+        f'{MEASURES[part.measure]} {e}, p={e.p_value:.3f} ({e.seeds} '
+        f'seed{"s" if e.seeds != 1 else ""})'
         for part, e in zip(v.claim.parts, v.estimates) if e is not None)
     evidence = (f': {parts}; claim p={v.p_value:.3f}, Holm {v.adjusted:.3f}'
                 if v.p_value is not None else f' ({v.why})' if v.why else '')

@@ -25,7 +25,7 @@ from transformer import significance
 from transformer import study_plan
 from transformer import workdir as workdir_lib
 
-_SEED_MEASURES = ('early_eval_loss', 'eval_loss_at_peak', 'gap_at_peak')
+_SEED_MEASURES = ('early_eval_loss', 'eval_loss_at_peak')
 
 
 def _one_value(groups: dict[str, list[dict]], field: str, what: str, remedy: str) -> str:
@@ -81,13 +81,34 @@ def _claim_deltas(groups: dict[str, list[dict]], bleu: Optional[significance.Ove
                   ) -> dict[str, dict[str, significance.Estimate]]:
   """{variant: {measure: variant - baseline}} of every measure a claim names."""
   deltas = {name: {'bleu': estimate} for name, estimate in (bleu.deltas if bleu else {}).items()}
+  trained = {name: [r for r in runs if not r['diverged']] for name, runs in groups.items()}
   for measure in _SEED_MEASURES:
-    values = {name: [r[measure] for r in runs if not r['diverged'] and not math.isnan(r[measure])]
-              for name, runs in groups.items()}
-    compared = significance.bootstrap_seeds({k: v for k, v in values.items() if v})
+    values = {name: [r[measure] for r in runs if not math.isnan(r[measure])]
+              for name, runs in trained.items()}
+    compared = significance.welch_seeds({k: v for k, v in values.items() if v})
     for name, estimate in compared.deltas.items():
       deltas.setdefault(name, {})[measure] = estimate
+  for name, estimate in _gaps_at_common_step(trained).items():
+    deltas.setdefault(name, {})['gap_at_common_step'] = estimate
   return deltas
+
+
+def _gaps_at_common_step(trained: dict[str, list[dict]]) -> dict[str, significance.Estimate]:
+  """Each variant's over-fitting gap against the baseline's at the same step: the last one
+  that every run of the two reached. At the tested checkpoint instead, a variant that
+  over-fits early (no dropout peaks at a tenth of the baseline's steps) would be compared
+  before it over-fits with a baseline long after."""
+  baseline = trained.get('baseline', [])
+  out = {}
+  for name, runs in trained.items():
+    if name == 'baseline' or not runs or not baseline:
+      continue
+    step = min(r['stop_step'] for r in runs + baseline)
+    gaps = {key: [g for g in (run_records.gap_at(r, step) for r in group) if not math.isnan(g)]
+            for key, group in (('baseline', baseline), (name, runs))}
+    if all(gaps.values()):
+      out[name] = significance.welch_seeds(gaps).deltas[name]
+  return out
 
 
 def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:

@@ -31,7 +31,7 @@ def _at(rows: Sequence[dict], key: str, step: int) -> float:
 def load_run(run: workdir_lib.Workdir) -> dict:
   """The run's record. 'peak_step' is where validation BLEU peaked (the checkpoint decoded on
   the test split), 'stop_step' the last step trained (by patience, or the budget's end);
-  'eval_loss_at_peak' and 'gap_at_peak' (validation minus training loss) are read there."""
+  'eval_loss_at_peak' is read there."""
   rows = run.metrics()
   result = run.result() or {}
   config = run.config().to_dict() if run.has_config() else {}
@@ -59,7 +59,6 @@ def load_run(run: workdir_lib.Workdir) -> dict:
       'final_eval_loss': float(eval_loss[-1]) if len(eval_loss) else math.nan,
       'peak_step': peak, 'improved_step': improved, 'peak_eval_bleu': float(bleu.max()) if len(bleu) else math.nan,
       'eval_loss_at_peak': _at(rows, 'eval/loss', peak),
-      'gap_at_peak': _at(rows, 'eval/loss', peak) - _at(rows, 'eval/train_loss', peak),
       'stop_step': stop, 'budget': config.get('num_train_steps', stop),
       'learning_rate': config.get('learning_rate', math.nan),
       'layers': config.get('model', {}).get('num_layers', 0),
@@ -72,6 +71,11 @@ def load_run(run: workdir_lib.Workdir) -> dict:
       'hypotheses': hypotheses if os.path.exists(hypotheses) else None,
       'finished': bool(result),
   }
+
+
+def gap_at(run: dict, step: int) -> float:
+  """Validation minus training NLL (both eval/: unsmoothed, without dropout) at `step`."""
+  return _at(run['rows'], 'eval/loss', step) - _at(run['rows'], 'eval/train_loss', step)
 
 
 def group(experiment: workdir_lib.ExperimentDir, names: Sequence[str]) -> dict[str, list[dict]]:

@@ -5,18 +5,22 @@ the seed (initialization, dropout masks, data order; measured by training severa
 and the test set (which sentences happened to be in it). `bootstrap_bleu` resamples both at
 once, so its intervals hold both; `paired_bootstrap` is sacreBLEU's test of one pair of
 systems on one test set (Koehn 2004), which sees the second noise only: the report uses it
-to show that a same-seed retrain already "differs significantly". `holm` corrects the
-report's claims for being tested together.
+to show that a same-seed retrain already "differs significantly". `welch_seeds` tests a
+measure that has no test set (a validation loss), whose only noise is the seed's. `holm`
+corrects the report's claims for being tested together.
 """
 
 import dataclasses
+import math
 import statistics
+import warnings
 import zlib
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import sacrebleu
 from sacrebleu import significance
+import scipy.stats
 
 ALPHA = 0.05  # Significance level of every test, after Holm's correction.
 BOOTSTRAP_SAMPLES = 1000
@@ -40,8 +44,8 @@ def format_mean_std(values: Sequence[float], digits: int = 2) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-  """A mean over seeds with its 95% bootstrap interval; for a difference to the baseline,
-  also its two-sided p-value (None for the baseline itself)."""
+  """A mean over seeds with its 95% interval (a bootstrap, or Student's t for seeds alone);
+  for a difference to the baseline, also its two-sided p-value (None for the baseline)."""
   value: float
   low: float
   high: float
@@ -58,7 +62,7 @@ class Estimate:
 
 @dataclasses.dataclass(frozen=True)
 class OverSeeds:
-  """What `bootstrap_bleu` and `bootstrap_seeds` return: `means[name]`, each system's mean
+  """What `bootstrap_bleu` and `welch_seeds` return: `means[name]`, each system's mean
   over its seeds; `deltas[name]`, each other system's difference to the baseline."""
   means: dict[str, Estimate]
   deltas: dict[str, Estimate]
@@ -110,15 +114,37 @@ def bootstrap_bleu(systems: Mapping[str, Sequence[Sequence[str]]], references: S
   return compare_over_seeds(observed, resampled, baseline=baseline, seed=seed)
 
 
-def bootstrap_seeds(values: Mapping[str, Sequence[float]], *, baseline: str = 'baseline',
-                    samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
-                    ) -> OverSeeds:
-  """`bootstrap_bleu` for a measure with no test set to resample (a validation loss): the
-  seeds alone are resampled. `values[name][i]` is seed i's value."""
-  observed = {name: [float(v) for v in seeds] for name, seeds in values.items()}
-  resampled = {name: np.repeat(np.asarray(v)[:, None], samples, axis=1)
-               for name, v in observed.items() if v}
-  return compare_over_seeds(observed, resampled, baseline=baseline, seed=seed)
+def welch_seeds(values: Mapping[str, Sequence[float]], *, baseline: str = 'baseline'
+                ) -> OverSeeds:
+  """Each system's mean over seeds, and its difference to the baseline's, for a measure with
+  no test set to resample (a validation loss): Student's t interval of each mean, Welch's
+  t-test and its 95% interval for each difference. With 3 seeds a bootstrap of the seeds
+  alone draws from 10 distinct means and its intervals are too narrow; t accounts for
+  estimating the spread from so few. A difference with one seed on a side, or no spread on
+  either, has nothing to test against: its interval and p-value are NaN."""
+  observed = {name: np.asarray(v, dtype=np.float64) for name, v in values.items() if len(v)}
+  out = OverSeeds({}, {})
+  for name, seeds in observed.items():
+    low = high = float(seeds.mean())  # One seed, or seeds that agree exactly.
+    if len(seeds) > 1 and np.ptp(seeds) > 0:
+      low, high = scipy.stats.ttest_1samp(seeds, 0.0).confidence_interval(0.95)
+    out.means[name] = Estimate(float(seeds.mean()), float(low), float(high), len(seeds))
+  for name, seeds in observed.items():
+    if name == baseline or baseline not in observed:
+      continue
+    base = observed[baseline]
+    low = high = p = math.nan
+    if min(len(seeds), len(base)) > 1 and np.ptp(seeds) + np.ptp(base) > 0:
+      with warnings.catch_warnings():
+        # A side whose seeds agree exactly has variance 0, which scipy's check of nearly
+        # identical data flags; the test is then exact for the other side's spread.
+        warnings.filterwarnings('ignore', 'Precision loss', RuntimeWarning)
+        test = scipy.stats.ttest_ind(seeds, base, equal_var=False)
+      low, high = test.confidence_interval(0.95)
+      p = test.pvalue
+    out.deltas[name] = Estimate(float(seeds.mean() - base.mean()), float(low), float(high),
+                                min(len(seeds), len(base)), float(p))
+  return out
 
 
 def compare_over_seeds(observed: Mapping[str, Sequence[float]],
