@@ -120,9 +120,10 @@ def test_read_gives_the_reading_of_the_teacher_forced_maps(tiny_workdir):
 def test_without_positions_both_word_orders_translate_alike(measured):
   out = measured[1]['word_order']
   assert out['no_positions']['positions'] == 'none'
-  assert out['no_positions']['same']  # Permutation-equivariant encoder: one translation.
+  assert all(out['no_positions']['same'])  # Permutation-equivariant encoder: one translation.
   assert out['baseline']['positions'] == 'sinusoidal'
-  assert len(out['baseline']['translations']) == len(learner.ORDER_SENTENCES)
+  assert len(out['baseline']['translations']) == len(learner.ORDER_PAIRS)
+  assert out['baseline']['same'] == [a == b for a, b in out['baseline']['translations']]
 
 
 def test_training_mode_is_evaluation_with_the_batch_statistics(batch_norm_workdir,
@@ -218,7 +219,7 @@ def test_decode_cost_is_measured_for_both_decodes(measured, tiny_workdir):
 
 def test_measure_writes_every_measurement(measured):
   experiment_dir, measurements = measured
-  assert set(measurements) == {'order_sentences', 'attention', 'word_order', 'batch_norm',
+  assert set(measurements) == {'order_pairs', 'attention', 'word_order', 'batch_norm',
                                'decode_cost'}
   assert measurements['batch_norm']['sentences'] == 70
   assert [s['size'] for s in measurements['batch_norm']['by_size']] == list(

@@ -25,7 +25,8 @@ def measurements(root) -> dict:
               'verb': 'bâtit', 'object': 'autel', 'english_verb': 'built',
               'english_object': 'altar'}
   return {
-      'order_sentences': ['Pierre frappa Jean.', 'Jean frappa Pierre.'],
+      'order_pairs': [['Pierre frappa Jean.', 'Jean frappa Pierre.'],
+                      ['Caïn tua Abel.', 'Abel tua Caïn.']],
       'attention': {
           'workdir': os.fspath(root / 'baseline' / 'seed_0'), 'step': 3000,
           'split_sentences': 1515, 'candidates': 9, 'untranslated': 2,
@@ -35,11 +36,13 @@ def measurements(root) -> dict:
           'by_layer': [layer(1.2, 1.3, 2), layer(2.4, 1.1, 4)],
           'entropy_by_layer': {'encoder_self': [0.9, 0.5], 'decoder_self': [0.8, 0.4],
                                'cross': [0.7, 0.3]}},
-      'word_order': {name: {'positions': positions, 'translations': list(translations),
-                            'same': len(set(translations)) == 1}
-                     for name, positions, translations in (
-                         ('baseline', 'sinusoidal', ('Peter smote John.', 'John smote Peter.')),
-                         ('no_positions', 'none', ('Peter smote John.',) * 2))},
+      'word_order': {name: {'positions': positions, 'translations': pairs,
+                            'same': [a == b for a, b in pairs]}
+                     for name, positions, pairs in (
+                         ('baseline', 'sinusoidal', [['Peter smote John.', 'John smote Peter.'],
+                                                     ['Cain slew.', 'Cain slew.']]),
+                         ('no_positions', 'none', [['Peter smote John.'] * 2,
+                                                   ['Abel slew Cain.'] * 2]))},
       'batch_norm': {
           'workdir': os.fspath(root / 'batch_norm' / 'seed_0'), 'step': 2000, 'sentences': 256,
           'followed': 'Jésus pleura.', 'followed_tokens': 6,
@@ -163,6 +166,11 @@ def test_word_order_and_learner_runs(tmp_path):
   groups = {'baseline': [{'best_eval_loss': 2.5, 'bleu': 6.0, 'diverged': False}],
             'batch_norm': [{'bleu': 4.0, 'diverged': False}, {'bleu': 5.0, 'diverged': False}]}
   text = section(tmp_path, measurements(tmp_path), groups, runs)
-  assert '| no_positions | none | Peter smote John. | Peter smote John. | yes |' in text
+  assert '| source | baseline (sinusoidal) | no_positions (none) |' in text
+  assert '| Pierre frappa Jean. | Peter smote John. | Peter smote John. |' in text
+  assert '| Jean frappa Pierre. | John smote Peter. | Peter smote John. (=) |' in text
+  assert '| Abel tua Caïn. | Cain slew. (=) | Abel slew Cain. (=) |' in text
+  assert ('baseline: one translation for both orders in 1 of 2 pairs; no_positions: one '
+          'translation for both orders in 2 of 2 pairs.') in text
   assert "Without positions the best validation loss is 3.000 against the baseline's 2.500" in text
   assert "batch_norm variant reaches test BLEU 4.50 ± 0.71 against the baseline's 6.00" in text

@@ -6,7 +6,7 @@ One function a question:
   - attention_reading: on every test sentence whose verb and object the model translates
     (verb_object.py's rule), where the object's translation looks, against position-only
     controls;
-  - word_order: two sentences with the same words in another order, translated with and
+  - word_order: pairs of sentences with the same words in two orders, translated with and
     without positional encodings (without them the encoder cannot tell the two apart);
   - batch_dependence: the trained batch_norm model in training mode (statistics of the
     batch) against its running statistics: how one sentence's output moves with its
@@ -39,7 +39,18 @@ from transformer import verb_object
 from transformer import workdir as workdir_lib
 
 # The same words in two orders: only positions tell who struck whom.
-ORDER_SENTENCES = ('Pierre frappa Jean.', 'Jean frappa Pierre.')
+# Two orders of the same words: who does what to whom. A fixed list of Bible names and
+# verbs, written before any model translated it; the report shows every pair.
+ORDER_PAIRS = (
+    ('Caïn tua Abel.', 'Abel tua Caïn.'),
+    ('Jacob aima Rachel.', 'Rachel aima Jacob.'),
+    ('Joseph vit son père.', 'Son père vit Joseph.'),
+    ('Pierre frappa Jean.', 'Jean frappa Pierre.'),
+    ('Dieu bénit Abraham.', 'Abraham bénit Dieu.'),
+    ('Isaac appela Jacob.', 'Jacob appela Isaac.'),
+    ('Le roi tua le prophète.', 'Le prophète tua le roi.'),
+    ('Moïse parla à Aaron.', 'Aaron parla à Moïse.'),
+)
 BATCH_SIZES = (1, 2, 4, 16, 64)  # Sentences per batch whose statistics BatchNorm uses.
 DRAWS = 20  # Random batch-mates per size.
 BATCH_NORM_SENTENCES = 256  # Validation sentences: the followed one, its mates, the loss.
@@ -169,20 +180,23 @@ def attention_reading(workdir: str, pairs: Sequence[tuple[str, str]], out_dir: s
 
 
 def word_order(workdirs: dict[str, str]) -> dict:
-  """{name: {'translations': [...], 'same': bool}} of ORDER_SENTENCES by each run's model.
+  """{name: {'translations': [[a, b], ...], 'same': [bool, ...]}}: each ORDER_PAIRS pair's
+  greedy translations by each run's model, and whether the two orders got one translation.
 
   Without positions self-attention is permutation-equivariant and cross-attention sums over
   keys, so two orders of the same pieces give one translation: 'same' is then True by
   construction, a check on the model as much as a lesson.
   """
+  sentences = [sentence for pair in ORDER_PAIRS for sentence in pair]
   out = {}
   for name, workdir in workdirs.items():
     config, tokenizer, model, variables, step, _ = inference.load_trained(workdir, 'best')
-    translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(ORDER_SENTENCES))
-    translations = translator.translate(variables, list(ORDER_SENTENCES),
-                                        inference.search_config(config, beam_size=1))
+    translator = translator_lib.BatchTranslator(model, tokenizer, batch_size=len(sentences))
+    flat = translator.translate(variables, sentences, inference.search_config(config,
+                                                                              beam_size=1))
+    pairs = [flat[i:i + 2] for i in range(0, len(flat), 2)]
     out[name] = {'workdir': workdir, 'step': step, 'positions': config.model.positions,
-                 'translations': translations, 'same': len(set(translations)) == 1}
+                 'translations': pairs, 'same': [a == b for a, b in pairs]}
   return out
 
 
@@ -421,7 +435,7 @@ def measure(experiment_dir: str, *, translating: str, baseline: str,
   test = datasets.load_pairs(config, 'test')
   runs = {'baseline': baseline, **({'no_positions': no_positions} if no_positions else {})}
   measurements = {
-      'order_sentences': list(ORDER_SENTENCES),
+      'order_pairs': [list(pair) for pair in ORDER_PAIRS],
       'attention': attention_reading(
           translating, test, experiment.file(experiment.LEARNER, experiment.LEARNER_ATTENTION)),
       'word_order': word_order(runs),

@@ -141,19 +141,25 @@ def attention_lines(attention: dict, experiment: workdir_lib.ExperimentDir) -> l
   return lines
 
 
-def word_order_lines(order: dict, sentences: Sequence[str], runs: dict[str, dict],
+def word_order_lines(order: dict, pairs: Sequence[Sequence[str]], runs: dict[str, dict],
                      baseline: Optional[dict]) -> list[str]:
   lines = ['### How is word order known?', '',
            "Self-attention alone is blind to order: permute the source and the encoder's "
            'outputs are permuted the same way, and cross-attention sums over them. The '
            'sinusoidal positions added to the embeddings are all the model knows of order. '
-           'Two sentences with the same words, greedy translations:', '',
-           '| model | positions | ' + ' | '.join(f'"{s}"' for s in sentences) +
-           ' | one translation for both? |',
-           '|---|---|' + '---|' * len(sentences) + '---|']
-  for name, out in order.items():
-    lines.append(f"| {name} | {out['positions']} | " +
-                 ' | '.join(out['translations']) + f" | {'yes' if out['same'] else 'no'} |")
+           f'{len(pairs)} pairs of sentences with the same words in two orders (a fixed list '
+           'of Bible names, learner.ORDER_PAIRS, every pair shown), greedy translations; '
+           '"=" where both orders got one translation:', '',
+           '| source | ' + ' | '.join(f"{name} ({out['positions']})" for name, out in
+                                      order.items()) + ' |',
+           '|---|' + '---|' * len(order)]
+  for i, pair in enumerate(pairs):
+    for j, sentence in enumerate(pair):
+      cells = [out['translations'][i][j] + (' (=)' if out['same'][i] and j else '')
+               for out in order.values()]
+      lines.append(f'| {sentence} | ' + ' | '.join(cells) + ' |')
+  lines += ['', '; '.join(f"{name}: one translation for both orders in {sum(out['same'])} of "
+                          f"{len(pairs)} pairs" for name, out in order.items()) + '.']
   if 'no_positions' in runs and baseline:
     run = runs['no_positions']
     lines += ['', f"Without positions the best validation loss is {run['best_eval_loss']:.3f} "
@@ -264,7 +270,7 @@ def lines(experiment: workdir_lib.ExperimentDir, groups: dict[str, list[dict]],
   baseline = (groups.get('baseline') or [None])[0]
   out = ['', '## Questions a learner asks', '']
   out += attention_lines(measured['attention'], experiment)
-  out += word_order_lines(measured['word_order'], measured['order_sentences'], runs, baseline)
+  out += word_order_lines(measured['word_order'], measured['order_pairs'], runs, baseline)
   if 'batch_norm' in measured:
     out += batch_norm_lines(measured['batch_norm'], groups, experiment)
   out += decode_cost_lines(measured['decode_cost'])
