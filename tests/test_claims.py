@@ -93,3 +93,15 @@ def test_a_large_difference_from_fewer_than_3_seeds_is_inconclusive():
   bn, r_drop = claims.judge([BN, RD], deltas, layers=3)
   assert bn.verdict == 'inconclusive (needs 3 seeds)' and bn.adjusted == pytest.approx(0.002)
   assert (r_drop.verdict, r_drop.adjusted) == ('agrees', 0.03)
+
+
+def test_a_variant_or_baseline_the_budget_stopped_while_improving_is_not_testable():
+  """Its BLEU is not where it ends: any verdict would compare a run cut short."""
+  deltas = {'r_drop': {'bleu': est(-1.5, -2.6, -0.4, 0.01)},
+            'batch_norm': {'bleu': est(-2.0, -3.0, -1.0, 0.02)}}
+  why = 'r_drop seed 1 still improving when the budget of 800 steps ended: not where it ends'
+  r_drop, bn = claims.judge([RD, BN], deltas, layers=3, unended={'r_drop': why})
+  assert (r_drop.verdict, r_drop.why, r_drop.p_value) == ('not testable here', why, None)
+  assert (bn.verdict, bn.adjusted) == ('agrees', 0.02)  # A family of one.
+  both = claims.judge([RD, BN], deltas, layers=3, unended={'baseline': 'cut'})
+  assert [v.verdict for v in both] == ['not testable here'] * 2

@@ -170,7 +170,17 @@ def test_word_order_and_learner_runs(tmp_path):
   assert '| Pierre frappa Jean. | Peter smote John. | Peter smote John. |' in text
   assert '| Jean frappa Pierre. | John smote Peter. | Peter smote John. (=) |' in text
   assert '| Abel tua Caïn. | Cain slew. (=) | Abel slew Cain. (=) |' in text
-  assert ('baseline: one translation for both orders in 1 of 2 pairs; no_positions: one '
-          'translation for both orders in 2 of 2 pairs.') in text
+  assert ('baseline: one translation for both orders in 1 of 2; no_positions: one '
+          'translation for both orders in 2 of 2.') in text
   assert "Without positions the best validation loss is 3.000 against the baseline's 2.500" in text
   assert "batch_norm variant reaches test BLEU 4.50 ± 0.71 against the baseline's 6.00" in text
+
+
+def test_measurements_of_one_pair_written_before_pairs_still_report(tmp_path):
+  old = measurements(tmp_path)
+  old['order_sentences'] = old.pop('order_pairs')[0]
+  old['word_order'] = {name: {**out, 'translations': out['translations'][0],
+                              'same': out['same'][0]} for name, out in old['word_order'].items()}
+  text = section(tmp_path, old)
+  assert '| Jean frappa Pierre. | John smote Peter. | Peter smote John. (=) |' in text
+  assert '1 pair of sentences' in text and 'one translation for both orders in 1 of 1.' in text

@@ -17,6 +17,7 @@ from transformer import report_grid
 from transformer import report_tables
 from transformer import run_records
 from transformer import significance
+from transformer import workdir as workdir_lib
 
 REFERENCES = [f'the cat number {i} sat on the mat with dog {i % 7} today .' for i in range(80)]
 VALIDATION = [f'a bird called {i} flew over the house of {i % 5} friends .' for i in range(40)]
@@ -373,3 +374,20 @@ def test_the_over_fitting_gap_is_read_at_the_last_step_both_reached():
   assert gap.value == pytest.approx(expected) and gap.seeds == 3 and gap.p_value < 0.05
   at_own_stop = np.mean([0.8, 0.82, 0.84]) - np.mean([2.0, 2.1, 2.2])
   assert at_own_stop < 0 < gap.value
+
+
+def test_a_run_the_budget_stopped_while_improving_is_named(tmp_path):
+  """Budget 400, BLEU still rising at 400: not ended. The same curve stopped by patience
+  (budget 800, stopped at 400 after two evaluations without a gain) has ended."""
+  rising = dict(eval_losses=[3.0, 2.5, 2.4, 2.3], train_losses=[3.0, 2.4, 2.2, 2.0],
+                hypotheses=degrade(REFERENCES, 3, 0))
+  write_run(tmp_path / 'r_drop' / 'seed_1', eval_bleus=[1.0, 2.0, 3.0, 4.0], budget=400,
+            **rising)
+  write_run(tmp_path / 'r_drop' / 'seed_0', eval_bleus=[1.0, 5.0, 4.0, 4.0], budget=800,
+            **rising)
+  runs = [run_records.load_run(run) for _, run in
+          workdir_lib.ExperimentDir(os.fspath(tmp_path)).seeds('r_drop')]
+  assert [r['still_improving'] for r in runs] == [False, True]
+  assert report._unended({'r_drop': runs, 'baseline': runs[:1]}) == {
+      'r_drop': 'r_drop seed 1 still improving when the budget of 400 steps ended: not where '
+                'it ends'}

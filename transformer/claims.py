@@ -85,7 +85,7 @@ class Verdict:
 
 def judge(claims: Sequence[Claim],
           deltas: Mapping[str, Mapping[str, significance.Estimate]],
-          layers: int) -> list[Verdict]:
+          layers: int, unended: Optional[Mapping[str, str]] = None) -> list[Verdict]:
   """The verdict of each claim from `deltas[variant][measure]` (variant - baseline).
 
   A claim is tested when the regime can test it (`min_layers`) and every part is measured;
@@ -98,13 +98,20 @@ def judge(claims: Sequence[Claim],
   fewer than study_plan.MORE_SEEDS seeds is "inconclusive (needs 5 seeds)", and any other
   with fewer than study_plan.FIRST_SEEDS "inconclusive (needs 3 seeds)", whatever its p;
   one with a part that has no p-value (one seed on a side) is inconclusive, outside the family.
+  `unended[variant]` says why the variant's runs (or the baseline's, under 'baseline') did not
+  end within the budget: its BLEU is not where it ends, so its claims are not testable here.
   """
+  unended = unended or {}
   tested, out = {}, {}
   for index, claim in enumerate(claims):
     if layers < claim.min_layers:
       out[index] = Verdict(claim, 'not testable here',
                            why=f'these models have {layers} layers, the claim needs '
                            f'{claim.min_layers} or more')
+      continue
+    why_unended = unended.get(claim.variant) or unended.get('baseline')
+    if why_unended:
+      out[index] = Verdict(claim, 'not testable here', why=why_unended)
       continue
     estimates = tuple(deltas.get(claim.variant, {}).get(part.measure) for part in claim.parts)
     if any(e is None or math.isnan(e.value) for e in estimates):

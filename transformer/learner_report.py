@@ -141,13 +141,24 @@ def attention_lines(attention: dict, experiment: workdir_lib.ExperimentDir) -> l
   return lines
 
 
+def _order_pairs(measured: dict) -> tuple[dict, list]:
+  """(word_order, pairs) of the measurements; those written before pairs (one pair under
+  'order_sentences', one translation list a run) read as one pair."""
+  if 'order_pairs' in measured:
+    return measured['word_order'], measured['order_pairs']
+  order = {name: {**out, 'translations': [out['translations']], 'same': [out['same']]}
+           for name, out in measured['word_order'].items()}
+  return order, [measured['order_sentences']]
+
+
 def word_order_lines(order: dict, pairs: Sequence[Sequence[str]], runs: dict[str, dict],
                      baseline: Optional[dict]) -> list[str]:
   lines = ['### How is word order known?', '',
            "Self-attention alone is blind to order: permute the source and the encoder's "
            'outputs are permuted the same way, and cross-attention sums over them. The '
            'sinusoidal positions added to the embeddings are all the model knows of order. '
-           f'{len(pairs)} pairs of sentences with the same words in two orders (a fixed list '
+           f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''} of sentences with the same "
+           'words in two orders (a fixed list '
            'of Bible names, learner.ORDER_PAIRS, every pair shown), greedy translations; '
            '"=" where both orders got one translation:', '',
            '| source | ' + ' | '.join(f"{name} ({out['positions']})" for name, out in
@@ -159,7 +170,7 @@ def word_order_lines(order: dict, pairs: Sequence[Sequence[str]], runs: dict[str
                for out in order.values()]
       lines.append(f'| {sentence} | ' + ' | '.join(cells) + ' |')
   lines += ['', '; '.join(f"{name}: one translation for both orders in {sum(out['same'])} of "
-                          f"{len(pairs)} pairs" for name, out in order.items()) + '.']
+                          f"{len(pairs)}" for name, out in order.items()) + '.']
   if 'no_positions' in runs and baseline:
     run = runs['no_positions']
     lines += ['', f"Without positions the best validation loss is {run['best_eval_loss']:.3f} "
@@ -270,7 +281,7 @@ def lines(experiment: workdir_lib.ExperimentDir, groups: dict[str, list[dict]],
   baseline = (groups.get('baseline') or [None])[0]
   out = ['', '## Questions a learner asks', '']
   out += attention_lines(measured['attention'], experiment)
-  out += word_order_lines(measured['word_order'], measured['order_pairs'], runs, baseline)
+  out += word_order_lines(*_order_pairs(measured), runs, baseline)
   if 'batch_norm' in measured:
     out += batch_norm_lines(measured['batch_norm'], groups, experiment)
   out += decode_cost_lines(measured['decode_cost'])

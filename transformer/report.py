@@ -111,6 +111,19 @@ def _gaps_at_common_step(trained: dict[str, list[dict]]) -> dict[str, significan
   return out
 
 
+def _unended(groups: dict[str, list[dict]]) -> dict[str, str]:
+  """{variant: why} for each variant with a seed that the budget stopped while its
+  validation BLEU was still improving (run_records' 'still_improving')."""
+  out = {}
+  for name, runs in groups.items():
+    going = [r for r in runs if r['still_improving']]
+    if going:
+      seeds = ', '.join(f'seed {run_records.seed_of(r)}' for r in going)
+      out[name] = (f"{name} {seeds} still improving when the budget of "
+                   f"{going[0]['budget']:,} steps ended: not where it ends")
+  return out
+
+
 def _checkpoint_and_year_table(groups: dict[str, list[dict]]) -> list[str]:
   """Test BLEU of the best checkpoint and of the checkpoint average, overall and per year."""
   runs = {name: runs[0] for name, runs in groups.items() if runs and (
@@ -232,12 +245,16 @@ def write_report(experiment_dir: str, *,
     lines += ['', f"BLEU: sacreBLEU `{' / '.join(sorted(signatures))}`, beam search on the test "
               'split with the best-validation-BLEU checkpoint.']
   lines += [''] + report_tables.beside_bleu_table(groups, references, speed, code_version)
+  unended = _unended(groups)
+  if unended:
+    lines += ['', 'Not ended: ' + '; '.join(unended.values()) + '.']
   extra = _checkpoint_and_year_table(groups)
   if extra:
     lines += [''] + extra
 
   layers = config['model']['num_layers'] if config else 0
-  verdicts = claims_lib.judge(claims_lib.CLAIMS, _claim_deltas(groups, bleu), layers)
+  verdicts = claims_lib.judge(claims_lib.CLAIMS, _claim_deltas(groups, bleu), layers,
+                              unended)
   lines += ['', '## Claims from the literature', ''] + claims_lib.lines(verdicts) + ['']
   lines += report_tables.rerun_lines(experiment, groups, references)
   lines += report_tables.retrain_lines(experiment)

@@ -60,6 +60,9 @@ def load_run(run: workdir_lib.Workdir) -> dict:
       'peak_step': peak, 'improved_step': improved, 'peak_eval_bleu': float(bleu.max()) if len(bleu) else math.nan,
       'eval_loss_at_peak': _at(rows, 'eval/loss', peak),
       'stop_step': stop, 'budget': config.get('num_train_steps', stop),
+      # Ended by the budget with patience left: validation BLEU was still improving.
+      'still_improving': bool(result) and stop >= config.get('num_train_steps', stop) and (
+          stop - improved < config.get('patience', 0) * config.get('eval_every_steps', 0)),
       'learning_rate': config.get('learning_rate', math.nan),
       'layers': config.get('model', {}).get('num_layers', 0),
       'params': int(params[0]) if params else 0,
