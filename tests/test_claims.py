@@ -99,7 +99,7 @@ def test_a_variant_or_baseline_the_budget_stopped_while_improving_is_not_testabl
   """Its BLEU is not where it ends: any verdict would compare a run cut short."""
   deltas = {'r_drop': {'bleu': est(-1.5, -2.6, -0.4, 0.01)},
             'batch_norm': {'bleu': est(-2.0, -3.0, -1.0, 0.02)}}
-  why = 'r_drop seed 1 still improving when the budget of 800 steps ended: not where it ends'
+  why = 'r_drop seed 1 stopped by the budget of 800 steps before patience ran out'
   r_drop, bn = claims.judge([RD, BN], deltas, layers=3, unended={'r_drop': why})
   assert (r_drop.verdict, r_drop.why, r_drop.p_value) == ('not testable here', why, None)
   assert (bn.verdict, bn.adjusted) == ('agrees', 0.02)  # A family of one.

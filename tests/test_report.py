@@ -389,5 +389,5 @@ def test_a_run_the_budget_stopped_while_improving_is_named(tmp_path):
           workdir_lib.ExperimentDir(os.fspath(tmp_path)).seeds('r_drop')]
   assert [r['still_improving'] for r in runs] == [False, True]
   assert report._unended({'r_drop': runs, 'baseline': runs[:1]}) == {
-      'r_drop': 'r_drop seed 1 still improving when the budget of 400 steps ended: not where '
-                'it ends'}
+      'r_drop': 'r_drop seed 1 stopped by the budget of 400 steps before patience ran out: not '
+                'where it ends'}

@@ -112,15 +112,15 @@ def _gaps_at_common_step(trained: dict[str, list[dict]]) -> dict[str, significan
 
 
 def _unended(groups: dict[str, list[dict]]) -> dict[str, str]:
-  """{variant: why} for each variant with a seed that the budget stopped while its
-  validation BLEU was still improving (run_records' 'still_improving')."""
+  """{variant: why} for each variant with a seed that the budget stopped before patience
+  ran out, its validation BLEU still improving (run_records' 'still_improving')."""
   out = {}
   for name, runs in groups.items():
     going = [r for r in runs if r['still_improving']]
     if going:
       seeds = ', '.join(f'seed {run_records.seed_of(r)}' for r in going)
-      out[name] = (f"{name} {seeds} still improving when the budget of "
-                   f"{going[0]['budget']:,} steps ended: not where it ends")
+      out[name] = (f"{name} {seeds} stopped by the budget of {going[0]['budget']:,} steps "
+                   'before patience ran out: not where it ends')
   return out
 
 
