@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import time
 import types
@@ -10,6 +11,7 @@ import types
 import pytest
 
 import conftest
+from transformer import cli
 from transformer import study
 from transformer import study_plan
 from transformer import workdir as workdir_lib
@@ -68,9 +70,23 @@ def test_study_runs_resumes_and_reports_what_the_runs_wrote(bible_config, tmp_pa
   with open(again) as f:
     assert table_rows(f.read()) == rows
 
+  # A clone of the study holds its finished runs without their checkpoints (git ignores
+  # them): they are still finished, and skipped. A finished run of another experiment in the
+  # same folder is refused, not taken for this one's.
+  for name in rows:
+    for folder in (workdir_lib.CHECKPOINTS, workdir_lib.BEST):
+      shutil.rmtree(os.path.join(tmp_path, name, 'seed_0', folder))
+  study.run_study(plan)
+  assert os.path.getmtime(os.path.join(tmp_path, 'baseline', 'seed_0', 'metrics.jsonl')) == mtime
+  other = study.Study('small', str(tmp_path), variants=['baseline'], seeds=1, more_seeds=1,
+                      lr_grid=False, learner=False, reruns=False,
+                      overrides={**plan.overrides, 'adam_b2': 0.99})
+  with pytest.raises(cli.UserError, match='finished run of another experiment.*adam_b2'):
+    study.run_study(other)
+
   # Once the training code has moved on, the study refuses to go on with these runs, and
   # --report still writes their report; a study with a run left to train gets none.
-  from transformer import cli, provenance  # pylint: disable=g-import-not-at-top
+  from transformer import provenance  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(provenance, 'code_version', lambda: 'code-ffffffffffffffff')
   with pytest.raises(cli.UserError, match='finished by code'):
     study.run_study(plan)

@@ -69,6 +69,22 @@ class TimeUp(Exception):
   """study.py --max_minutes ran out between runs or inside one; everything is saved."""
 
 
+def _check_same_experiment(workdir: str, recorded: ml_collections.ConfigDict,
+                           config: ml_collections.ConfigDict) -> None:
+  """Refuses a finished run of another experiment, whose result would be taken for this one's.
+
+  Only the config is compared (the fields a run may resume with changed aside), not the
+  history that Workdir.check_before_training also checks before training: a finished run
+  trains no more, and a fresh clone of a study holds its finished runs without checkpoints.
+  """
+  old, new = (config_utils.flatten(config_utils.to_dict(c)) for c in (recorded, config))
+  differences = sorted(key for key in set(old) | set(new)
+                       if key not in workdir_lib.RESUMABLE_FIELDS and old.get(key) != new.get(key))
+  if differences:
+    raise cli.UserError(f'{workdir} is a finished run of another experiment (it differs in '
+                        f"{', '.join(differences)}): give a new --experiment_dir.")
+
+
 def run_one(config: ml_collections.ConfigDict, workdir: str, *, split: str = 'test',
             stop_at: Optional[float] = None) -> dict:
   """Trains (or resumes) one run, then decodes its best checkpoint on `split`.
@@ -90,8 +106,8 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, *, split: str = 'te
           'study holds runs of one code version. Give a new --experiment_dir (or move that '
           'run away to retrain it); study.py --report writes the report of a finished '
           'study from its runs as they are.')
-    run.check_before_training(config)  # A finished run of another experiment is refused.
     recorded = run.config()
+    _check_same_experiment(workdir, recorded, config)
     if (config.num_train_steps in (0, recorded.num_train_steps) and
         config.patience == recorded.patience):
       logging.info('%s is finished; skipping it.', workdir)
