@@ -164,3 +164,26 @@ def test_metrics_at_two_checkpoint_intervals_without_checkpoints_are_refused(
   else:
     workdir_lib.Workdir(str(tmp_path)).check_before_training(config)
   assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize('unfinished_save, last_row, refused', [
+    ('2.orbax-checkpoint-tmp-1765152000123456', 4, False),  # The first save, under way.
+    ('4.orbax-checkpoint-tmp-1765152000123456', 4, True),  # A later save: the first is gone.
+    ('2.orbax-checkpoint-tmp-1765152000123456', 5, True),  # Rows past where it would wait.
+])
+def test_a_run_killed_during_its_first_save_starts_over(
+    bible_config, bible_tokenizer, tmp_path, unfinished_save, last_row, refused):
+  """Saves are asynchronous: killed while the first one is written, a run has rows up to two
+  intervals and no checkpoint, and nothing to lose by starting over."""
+  config = conftest.tiny_config(bible_config.data_dir, checkpoint_every_steps=2)
+  workdir_lib.Workdir(str(tmp_path)).start(config, bible_tokenizer)
+  (tmp_path / workdir_lib.METRICS).write_text(
+      ''.join(json.dumps({'step': s, 'train/loss': 1.0}) + '\n' for s in range(1, last_row + 1)))
+  (tmp_path / workdir_lib.CHECKPOINTS / unfinished_save).mkdir(parents=True)
+  before = snapshot(tmp_path)
+  if refused:
+    with pytest.raises(cli.UserError, match=f'records training up to step {last_row}'):
+      workdir_lib.Workdir(str(tmp_path)).check_before_training(config)
+  else:
+    workdir_lib.Workdir(str(tmp_path)).check_before_training(config)
+  assert snapshot(tmp_path) == before

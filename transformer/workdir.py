@@ -66,6 +66,8 @@ RESUMABLE_FIELDS = frozenset({
 # such a run did: a folder whose config.json lacks them still resumes and decodes.
 ADDED_FIELDS = {'max_train_pairs': 0, 'model.positions': 'sinusoidal', 'patience_min_delta': 0.0}
 AVERAGE_PREFIX = 'average:'
+# Orbax names a save in progress <step>.orbax-checkpoint-tmp*.
+_TMP_MARK = '.orbax-checkpoint-tmp'
 _UNREAD = object()
 
 
@@ -218,11 +220,25 @@ class Workdir:
     if latest:
       return
     every = min(self.config().checkpoint_every_steps, config.checkpoint_every_steps)
+    first = self.config().checkpoint_every_steps
+    if not trained and recorded <= 2 * first and self._first_save_unfinished(first):
+      return  # Killed while its first save was written: nothing was ever saved to resume.
     if max(recorded, trained) >= 2 * every:
       raise cli.UserError(
           f'{self.path!r} records training up to step {max(recorded, trained)} but its '
           f'{CHECKPOINTS}/ holds none to resume from: starting over would rewrite that '
           f'history. Put the checkpoints back, or use a new folder.')
+
+  def _first_save_unfinished(self, step: int) -> bool:
+    """Whether checkpoints/ holds orbax's temporary folder of the save at `step`.
+
+    Saves are asynchronous: training goes on while the first one is written, and the next
+    save waits for it, so a run killed then has rows up to two intervals and no checkpoint,
+    with nothing lost: it starts over and writes the same rows again.
+    """
+    folder = self._file(CHECKPOINTS)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return any(name.split('.', 1)[0] == str(step) and _TMP_MARK in name for name in names)
 
   # Writes: the record, checkpoints, metrics, results.
 
