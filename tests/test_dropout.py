@@ -1,9 +1,8 @@
 """models.Dropout and models.weight_dot_general: the training step's fast paths, checked
-against flax's nn.Dropout, binomial statistics, and JAX's own dot_general gradient."""
+against Threefry in NumPy, binomial statistics, and JAX's own dot_general gradient."""
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,18 +18,77 @@ def apply_dropout(module, x, key, *, jit=True):
   return (jax.jit(fn) if jit else fn)(x)
 
 
+def threefry_2x32(key: tuple[int, int], counters: np.ndarray) -> np.ndarray:
+  """Threefry-2x32 with 20 rounds (Salmon et al. 2011, SC'11), in NumPy: [n, 2] -> [n, 2]."""
+  def rotate(v, r):
+    return (v << np.uint32(r)) | (v >> np.uint32(32 - r))
+  k0, k1 = np.uint32(key[0]), np.uint32(key[1])
+  ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+  x0 = counters[:, 0].astype(np.uint32) + ks[0]
+  x1 = counters[:, 1].astype(np.uint32) + ks[1]
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  for block in range(5):
+    for r in rotations[block % 2]:
+      x0 = x0 + x1
+      x1 = rotate(x1, r) ^ x0
+    x0 = x0 + ks[(block + 1) % 3]
+    x1 = x1 + ks[(block + 2) % 3] + np.uint32(block + 1)
+  return np.stack([x0, x1], axis=1)
+
+
+def test_numpy_threefry_reproduces_the_papers_known_answers():
+  """Random123's known-answer vectors for threefry2x32_20."""
+  with np.errstate(over='ignore'):
+    for key, counter, expected in [
+        ((0, 0), (0, 0), (0x6b200159, 0x99ba4efe)),
+        ((0xffffffff, 0xffffffff), (0xffffffff, 0xffffffff), (0x1cb996fc, 0xbb002be7)),
+        ((0x13198a2e, 0x03707344), (0x243f6a88, 0x85a308d3), (0xc4923a9c, 0x483df7a0))]:
+      got = threefry_2x32(key, np.array([counter], np.uint32))[0]
+      assert tuple(int(w) for w in got) == expected
+
+
+@pytest.mark.parametrize('shape', [(8,), (7,), (3, 5), (4, 6), (2, 3, 4)])
+def test_random_bits_are_threefry_words_each_used_once(shape):
+  """Every word is Threefry-2x32 of the key and a counter (0, 1, ...), and no word repeats:
+  the bits of jax.random.bits, independent uniform words. In 1-D, also their exact order."""
+  key = jax.random.key(11)
+  key_words = tuple(int(w) for w in jax.random.key_data(key))
+  bits = np.asarray(jax.jit(models.random_bits, static_argnums=1)(key, shape)).ravel()
+  n = bits.size
+  with np.errstate(over='ignore'):
+    counters = np.stack([np.arange(n), np.zeros(n)], axis=1).astype(np.uint32)
+    words = threefry_2x32(key_words, counters)  # [counter, half]
+  where = {int(w): (c, h) for (c, h), w in np.ndenumerate(words)}
+  assert len(where) == words.size  # A sanity check of the reference: no collisions.
+  drawn = [where.get(int(b)) for b in bits]
+  assert None not in drawn
+  assert len(set(drawn)) == n
+  if len(shape) == 1:
+    assert drawn == [(i // 2, i % 2) for i in range(n)]
+
+
+def test_random_bits_of_another_prng_are_jax_random_bits():
+  key = jax.random.key(5, impl='rbg')
+  np.testing.assert_array_equal(models.random_bits(key, (3, 4)),
+                                jax.random.bits(key, (3, 4), jnp.uint32))
+
+
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('rate', [0.1, 0.3, 0.5, 0.77])
-def test_dropout_equals_flax_dropout_bit_for_bit(rate, dtype):
-  """The same mask and values as nn.Dropout from the same key, so training is unchanged."""
+@pytest.mark.parametrize('rate', [0.1, 0.5, 0.77])
+def test_dropout_is_the_keep_threshold_applied_to_random_bits(rate, dtype):
+  """Jitted or not: x / (1 - rate) where (bits >> 9) < keep_threshold(rate), else 0."""
   x = jax.random.normal(jax.random.key(1), (3, 5, 7), dtype)
   for seed in range(3):
     key = jax.random.key(seed)
-    new = apply_dropout(models.Dropout(rate), x, key)
-    old = apply_dropout(nn.Dropout(rate), x, key)
-    np.testing.assert_array_equal(new, old)
-    eager = apply_dropout(models.Dropout(rate), x, key, jit=False)
-    np.testing.assert_array_equal(eager, apply_dropout(nn.Dropout(rate), x, key, jit=False))
+    # The key Dropout draws: make_rng('dropout') in a module at the top level.
+    drawn = models.Dropout(rate).apply({}, rngs={'dropout': key},
+                                       method=lambda m: m.make_rng('dropout'))
+    bits = np.asarray(models.random_bits(drawn, x.shape))
+    keep = (bits >> 9) < models.keep_threshold(rate)
+    expected = np.where(keep, np.asarray(x / (1 - rate)), 0)
+    np.testing.assert_array_equal(apply_dropout(models.Dropout(rate), x, key), expected)
+    np.testing.assert_array_equal(apply_dropout(models.Dropout(rate), x, key, jit=False),
+                                  expected)
 
 
 @pytest.mark.parametrize('rate', [0.1, 0.3])

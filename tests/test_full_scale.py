@@ -55,8 +55,15 @@ def test_two_half_batches_accumulated_equal_the_full_batch(bible_config, bible_t
   moved = jax.tree.map(lambda a, b: np.asarray(a - b), state_full.params, init)
   moved_acc = jax.tree.map(lambda a, b: np.asarray(a - b), state_acc.params, init)
   assert np.max(np.abs(moved['shared_embedding']['embedding'])) > 1e-8
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-12),
-               moved_acc, moved)
+
+  def same_move(acc, full, start):
+    # The moves agree to 1e-4 of their size, or to the float32 spacing of the parameter they
+    # were added to (a parameter that barely moves carries its rounding in its move), or to
+    # 1e-12 (a gradient that is zero up to rounding, as the key biases').
+    spacing = np.spacing(np.abs(np.asarray(start, np.float32)))
+    assert np.all(np.abs(acc - full) <= 1e-4 * np.abs(full) + 2 * spacing + 1e-12)
+
+  jax.tree.map(same_move, moved_acc, moved, init)
   np.testing.assert_allclose(float(metrics_acc['train/grad_norm']),
                              float(metrics_full['train/grad_norm']), rtol=1e-5)
 

@@ -4,6 +4,9 @@ Each returns sums (loss, weight) rather than means so that a data-parallel step 
 sums across devices before dividing once, and packed rows weigh every token equally.
 """
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -25,17 +28,53 @@ def cross_entropy(logits: jax.Array, targets: jax.Array,
   Returns:
     (sum of per-token losses, number of real tokens), both float32 scalars.
   """
-  vocab = logits.shape[-1]
+  weights = token_weights(targets)
+  loss = _token_kl(logits.astype(jnp.float32), targets, label_smoothing)
+  return jnp.sum(loss * weights), jnp.sum(weights)
+
+
+def _smoothing(vocab: int, label_smoothing: float) -> tuple[float, float, float]:
+  """(weight on the label, weight on each other token, the smoothed target's entropy)."""
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
-  soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  entropy = -(confidence * jnp.log(confidence) if confidence > 0 else 0.0)
+  entropy = -(confidence * math.log(confidence) if confidence > 0 else 0.0)
   if low > 0:
-    entropy -= (vocab - 1) * low * jnp.log(low)
-  loss = -jnp.sum(soft * log_probs, axis=-1) - entropy
-  weights = token_weights(targets)
-  return jnp.sum(loss * weights), jnp.sum(weights)
+    entropy -= (vocab - 1) * low * math.log(low)
+  return confidence, low, entropy
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_kl(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+  """KL(q || softmax(logits)) per token, [..., V] -> [...], q the smoothed target.
+
+  -sum(q * log_softmax) = logsumexp - sum(q * logits), and sum(q * logits) is the label's
+  logit and the row's sum, weighted: no one-hot or log-probability array is formed.
+  """
+  return _token_kl_fwd(logits, targets, label_smoothing)[0]
+
+
+def _token_kl_fwd(logits, targets, label_smoothing):
+  confidence, low, entropy = _smoothing(logits.shape[-1], label_smoothing)
+  log_norm = jax.nn.logsumexp(logits, axis=-1)
+  label_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  target_logit = (confidence - low) * label_logit
+  if low > 0:
+    target_logit += low * jnp.sum(logits, axis=-1)
+  return log_norm - target_logit - entropy, (logits, targets, log_norm)
+
+
+def _token_kl_bwd(label_smoothing, residuals, g):
+  """d KL / d logits = softmax(logits) - q: one pass over [tokens, V], where autodiff of
+  log_softmax and the one-hot product would write four such arrays."""
+  logits, targets, log_norm = residuals
+  confidence, low, _ = _smoothing(logits.shape[-1], label_smoothing)
+  label = jnp.arange(logits.shape[-1]) == targets[..., None]
+  q = jnp.where(label, confidence, low)
+  grad = (jnp.exp(logits - log_norm[..., None]) - q) * g[..., None]
+  return grad, None
+
+
+_token_kl.defvjp(_token_kl_fwd, _token_kl_bwd)
 
 
 def r_drop_kl(logits_a: jax.Array, logits_b: jax.Array,

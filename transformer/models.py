@@ -170,14 +170,35 @@ def keep_threshold(rate: float) -> int:
   return math.ceil(float(np.float32(1.0 - rate)) * 2 ** 23)
 
 
-class Dropout(nn.Module):
-  """Inverted dropout: flax's nn.Dropout, bit for bit, with a cheaper mask.
+def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
+  """uint32 random bits of `shape` from a threefry key, as XLA's own Threefry-2x32 op.
 
-  Under the same name (Dropout_0, ...) it draws the same key, and so the same mask and
-  outputs. The mask compares the random bits with an integer (keep_threshold) instead of
-  turning them into uniform floats first: fewer ops for XLA to fuse into the forward pass
-  and to recompute in the backward pass, which reads the bits again rather than a stored
-  mask. (XLA already compiles the division by keep into a multiplication.)
+  The words are Threefry-2x32 (Salmon et al. 2011) of the key and the counters 0, 1, 2, ...,
+  two words a counter, each used once, as jax.random.bits draws them; only their placement
+  in `shape` differs (XLA's RngBitGenerator fills the array in its own order). On the CPU,
+  JAX lowers its threefry primitive to a rolled loop around the hash, which XLA neither
+  unrolls nor fuses; RngBitGenerator is an HLO op that XLA expands into plain elementwise
+  ops it compiles itself. Keys of another PRNG implementation take jax.random.bits.
+  """
+  if str(jax.random.key_impl(key)) != 'threefry2x32':
+    return jax.random.bits(key, shape, jnp.uint32)
+  # State: the key's two words, then a 64-bit counter starting at 0.
+  state = jnp.concatenate([jax.random.key_data(key), jnp.zeros(2, jnp.uint32)])
+  _, bits = lax.rng_bit_generator(state, shape, jnp.uint32,
+                                  algorithm=lax.RandomAlgorithm.RNG_THREE_FRY)
+  return bits
+
+
+class Dropout(nn.Module):
+  """Inverted dropout, as flax's nn.Dropout in distribution, with cheaper random bits.
+
+  Each call draws its own key (make_rng), so masks stay independent across positions,
+  layers and steps, and keeps an element with probability exactly float32(1 - rate), as
+  nn.Dropout does. Two things are cheaper: the bits come from `random_bits` (XLA's Threefry
+  op, not JAX's loop), and the mask compares them with an integer (keep_threshold) instead
+  of turning them into uniform floats first: fewer ops for XLA to recompute in the backward
+  pass, which reads the bits again rather than a stored mask. The masks are not nn.Dropout's
+  masks for the same key (the same words, placed otherwise).
   """
   rate: float
 
@@ -187,7 +208,7 @@ class Dropout(nn.Module):
       return x
     if self.rate == 1.0:
       return jnp.zeros_like(x)
-    bits = jax.random.bits(self.make_rng('dropout'), x.shape, jnp.uint32)
+    bits = random_bits(self.make_rng('dropout'), x.shape)
     keep = lax.shift_right_logical(bits, np.uint32(9)) < np.uint32(keep_threshold(self.rate))
     return lax.select(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
