@@ -2,11 +2,14 @@
 
 import glob
 import os
+import sys
+import types
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from transformer import checkpoints
 from transformer import workdir as workdir_lib
@@ -103,3 +106,34 @@ def test_restore_first_readable_skips_a_corrupt_checkpoint_and_moves_nothing(tmp
   assert len(warnings) == 1 and '/4 cannot be restored' in warnings[0]
   assert '\n' not in warnings[0] and len(warnings[0]) < 700  # Not tensorstore's kilobytes.
   assert sorted(glob.glob(str(tmp_path / '**'), recursive=True)) == before
+
+
+def test_reads_of_a_failed_restore_are_dropped_during_and_after_it(monkeypatch):
+  """Its abandoned coroutines, and reads that end after its event loop closed (during the
+  restore or later, in tensorstore's threads), are not printed; other errors still are."""
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+
+  def unraisable(error, obj=None):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                                 err_msg=None, object=obj)
+
+  async def read():
+    pass
+
+  late, other = RuntimeError('Event loop is closed'), ValueError('a real bug')
+  coroutine = read()
+  with pytest.raises(OSError):
+    with checkpoints._abandoned_reads_dropped():  # pylint: disable=protected-access
+      sys.unraisablehook(unraisable(late))
+      sys.unraisablehook(unraisable(RuntimeError('x'), coroutine))
+      sys.unraisablehook(unraisable(other))
+      raise OSError('the restore failed')
+  coroutine.close()
+  sys.unraisablehook(unraisable(late))  # A read that ended after the restore returned.
+  sys.unraisablehook(unraisable(other))
+  assert [u.exc_value for u in seen] == [other, other]
+  with checkpoints._abandoned_reads_dropped():  # pylint: disable=protected-access
+    pass  # A restore that succeeds leaves the hook as it found it: no chain grows.
+  sys.unraisablehook(unraisable(late))
+  assert [u.exc_value for u in seen] == [other, other]

@@ -51,28 +51,58 @@ def _gist(error: Exception) -> str:
   return text if len(text) <= 400 else f'{text[:150]} ... {text[-250:]}'
 
 
+def _is_abandoned_read(unraisable) -> bool:
+  """One of a failed restore's reads: a coroutine collected unawaited, or a read that
+  finished after orbax had closed the restore's event loop (its callback finds it closed)."""
+  error = unraisable.exc_value
+  return inspect.iscoroutine(unraisable.object) or (
+      isinstance(error, RuntimeError) and str(error) == 'Event loop is closed')
+
+
+class _LateReadsDropped:
+  """sys.unraisablehook after a failed restore: reads still in flight when it returned end
+  later, in tensorstore's threads; each is logged at debug level, anything else goes on to
+  the hook that was there before."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable):
+    if _is_abandoned_read(unraisable):
+      logging.debug('A read of a failed restore ended after it.')
+    else:
+      self.previous(unraisable)
+
+
 @contextlib.contextmanager
 def _abandoned_reads_dropped():
-  """Silences the coroutines a failed orbax restore leaves behind, counting them in one line.
+  """Silences the reads a failed orbax restore leaves behind, counting them in one line.
 
   Each of the failed checkpoint's pending tensorstore reads is collected unawaited and Python
-  prints "Exception ignored in: <coroutine ...>" for it: thousands of lines for one checkpoint.
+  prints "Exception ignored in: <coroutine ...>" for it, or ends after the restore's event
+  loop closed ("Event loop is closed"): thousands of lines for one checkpoint. The reads that
+  end after this block are dropped by the hook it leaves (_LateReadsDropped).
   """
   dropped, previous = 0, sys.unraisablehook
 
   def hook(unraisable):
     nonlocal dropped
-    if inspect.iscoroutine(unraisable.object):
+    if _is_abandoned_read(unraisable):
       dropped += 1
     else:
       previous(unraisable)
 
   sys.unraisablehook = hook
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True
+    raise
   finally:
     gc.collect()
-    sys.unraisablehook = previous
+    sys.unraisablehook = (_LateReadsDropped(previous) if failed and
+                          not isinstance(previous, _LateReadsDropped) else previous)
     if dropped:
       logging.info('Dropped %d abandoned reads of the failed restore.', dropped)
 
