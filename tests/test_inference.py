@@ -200,7 +200,7 @@ def test_attention_maps(trained, tmp_path):
   layers, heads = config.model.num_layers, config.model.num_heads
   assert len(paths) == len(set(paths)) == 3 * layers * heads
   for path in paths:
-    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    assert pathlib.Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   source_len = len(tokenizer.encode(SHORT)) + 1
   assert weights['encoder_self'].shape == (layers, heads, source_len, source_len)
   target_len = weights['cross'].shape[2]
@@ -313,19 +313,19 @@ def test_stdin_is_translated_line_by_line_as_it_arrives(workdir, tmp_path):
   lines = [SHORT, MEDIUM, MIDDLE]
   expected = inference.decode(workdir, input_path=write(tmp_path / 'in.fr', lines),
                               output_path=os.fspath(tmp_path / 'out.en'))['hypotheses']
-  process = subprocess.Popen([sys.executable, 'decode.py', f'--workdir={workdir}', '--input=-'],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-  try:
-    got = []
-    for line in lines:
-      process.stdin.write(line + '\n')
-      process.stdin.flush()
-      got.append(process.stdout.readline().rstrip('\n'))  # Blocks until this line is done.
-    process.stdin.close()
-    assert process.wait(timeout=120) == 0
-  finally:
-    process.kill()
+  with subprocess.Popen([sys.executable, 'decode.py', f'--workdir={workdir}', '--input=-'],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True, cwd=ROOT) as process:
+    try:
+      got = []
+      for line in lines:
+        process.stdin.write(line + '\n')
+        process.stdin.flush()
+        got.append(process.stdout.readline().rstrip('\n'))  # Blocks until this line is done.
+      process.stdin.close()
+      assert process.wait(timeout=120) == 0
+    finally:
+      process.kill()
   assert got == expected
 
 
@@ -651,11 +651,11 @@ def copy_with_vocabulary(workdir, folder, model_proto):
 def test_ensemble_vocabularies_are_compared_by_content(workdir, tmp_path, monkeypatch):
   from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
   proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(open(os.path.join(workdir, 'vocabulary.model'), 'rb').read())
+  vocabulary = pathlib.Path(workdir, 'vocabulary.model')
+  proto.ParseFromString(vocabulary.read_bytes())
   proto.trainer_spec.model_prefix = '/elsewhere/spm'  # Other bytes, same vocabulary.
   same = copy_with_vocabulary(workdir, tmp_path / 'same', proto)
-  assert open(os.path.join(same, 'vocabulary.model'), 'rb').read() != open(
-      os.path.join(workdir, 'vocabulary.model'), 'rb').read()
+  assert pathlib.Path(same, 'vocabulary.model').read_bytes() != vocabulary.read_bytes()
   inference.check_ensemble([workdir, same])
   proto.pieces[5].piece = proto.pieces[5].piece + 'x'  # One piece differs.
   other = copy_with_vocabulary(workdir, tmp_path / 'other', proto)

@@ -43,6 +43,7 @@ def test_figures_are_pngs(tmp_path):
                            str(tmp_path / 'att.png'), title='t'),
   ]
   for path in paths:
-    assert open(path, 'rb').read(8) == PNG
+    with open(path, 'rb') as f:
+      assert f.read(8) == PNG
   assert plots.plot_curves({'a': rows([1.0])}, 'missing', str(tmp_path / 'n.png'), title='t',
                            ylabel='y') is None

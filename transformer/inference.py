@@ -67,7 +67,11 @@ def read_lines(path: str) -> list[str]:
   """Lines of a UTF-8 text file ('-' = stdin); a non-UTF-8 line is an error naming it."""
   name = 'stdin' if path == '-' else path
   try:
-    data = sys.stdin.buffer.read() if path == '-' else open(path, 'rb').read()
+    if path == '-':
+      data = sys.stdin.buffer.read()
+    else:
+      with open(path, 'rb') as f:
+        data = f.read()
   except OSError as e:
     raise InputError(f'Cannot read {name}: {e.strerror}.') from None
   lines = data.split(b'\n')
