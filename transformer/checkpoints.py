@@ -59,17 +59,15 @@ def _is_abandoned_read(unraisable) -> bool:
       isinstance(error, RuntimeError) and str(error) == 'Event loop is closed')
 
 
-class _LateReadsDropped:
-  """sys.unraisablehook after a failed restore: reads still in flight when it returned end
-  later, in tensorstore's threads; each is logged at debug level, anything else goes on to
-  the hook that was there before."""
+class _AbandonedReadsDropped:
+  """sys.unraisablehook that counts a failed restore's reads and passes anything else on."""
 
   def __init__(self, previous):
-    self.previous = previous
+    self.previous, self.dropped = previous, 0
 
   def __call__(self, unraisable):
     if _is_abandoned_read(unraisable):
-      logging.debug('A read of a failed restore ended after it.')
+      self.dropped += 1
     else:
       self.previous(unraisable)
 
@@ -80,18 +78,13 @@ def _abandoned_reads_dropped():
 
   Each of the failed checkpoint's pending tensorstore reads is collected unawaited and Python
   prints "Exception ignored in: <coroutine ...>" for it, or ends after the restore's event
-  loop closed ("Event loop is closed"): thousands of lines for one checkpoint. The reads that
-  end after this block are dropped by the hook it leaves (_LateReadsDropped).
+  loop closed ("Event loop is closed"): thousands of lines for one checkpoint. After a failed
+  restore the hook stays, for the reads that end later in tensorstore's threads; a hook left
+  by an earlier failure is replaced, not wrapped.
   """
-  dropped, previous = 0, sys.unraisablehook
-
-  def hook(unraisable):
-    nonlocal dropped
-    if _is_abandoned_read(unraisable):
-      dropped += 1
-    else:
-      previous(unraisable)
-
+  previous = sys.unraisablehook
+  hook = _AbandonedReadsDropped(previous.previous if isinstance(
+      previous, _AbandonedReadsDropped) else previous)
   sys.unraisablehook = hook
   failed = False
   try:
@@ -101,10 +94,10 @@ def _abandoned_reads_dropped():
     raise
   finally:
     gc.collect()
-    sys.unraisablehook = (_LateReadsDropped(previous) if failed and
-                          not isinstance(previous, _LateReadsDropped) else previous)
-    if dropped:
-      logging.info('Dropped %d abandoned reads of the failed restore.', dropped)
+    if not failed:
+      sys.unraisablehook = previous
+    if hook.dropped:
+      logging.info('Dropped %d abandoned reads of the failed restore.', hook.dropped)
 
 
 class Checkpointer:

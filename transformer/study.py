@@ -76,6 +76,8 @@ def _check_same_experiment(workdir: str, recorded: ml_collections.ConfigDict,
   Only the config is compared (the fields a run may resume with changed aside), not the
   history that Workdir.check_before_training also checks before training: a finished run
   trains no more, and a fresh clone of a study holds its finished runs without checkpoints.
+  The comparison is written here rather than split out of workdir.py (training code) so that
+  this file also runs on a study's older training code (scripts/study_checkout.sh).
   """
   old, new = (config_utils.flatten(config_utils.to_dict(c)) for c in (recorded, config))
   differences = sorted(key for key in set(old) | set(new)

@@ -219,8 +219,8 @@ class Workdir:
           f'{trained} or more, or a new folder.')
     if latest:
       return
-    every = min(self.config().checkpoint_every_steps, config.checkpoint_every_steps)
-    first = self.config().checkpoint_every_steps
+    first = self.config().checkpoint_every_steps  # The step of the run's first save.
+    every = min(first, config.checkpoint_every_steps)
     if not trained and recorded <= 2 * first and self._first_save_unfinished(first):
       return  # Killed while its first save was written: nothing was ever saved to resume.
     if max(recorded, trained) >= 2 * every:
